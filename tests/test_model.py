@@ -1,0 +1,590 @@
+"""Tests for model.py: the Llama, its KV cache, and the checkpoint loader.
+
+Everything is checked against something independent of model.py:
+
+  * transformers.LlamaForCausalLM (logits and greedy generation) on tiny random configs,
+  * the same model run without a cache, or on a fresh cache fed only the tokens that
+    should be there,
+  * the files on disk, rewritten or damaged by hand.
+
+Configs are tiny (hidden 64, 2 layers, vocab 100) so the whole file runs in seconds on CPU.
+"""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import model
+from model import CheckpointError, KVCache, ModelArgs, causal_mask, load_model, save_model
+
+VOCAB = 100
+BASE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=4, vocab_size=VOCAB, max_position_embeddings=256,
+            rope_theta=10000.0, tie_word_embeddings=False, rms_norm_eps=1e-6)
+
+
+def randomize_(module: torch.nn.Module, seed: int = 0):
+    """Weights large enough that logits are far from uniform; norm weights away from 1.
+
+    transformers initialises RMSNorm weights to exactly 1 and the rest with std 0.02, which
+    would hide a missing norm scale and make every logit nearly equal.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():  # a tied weight is listed (and drawn) once
+            if p.dim() == 1:
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.15 * torch.randn(p.shape, generator=g))
+    return module
+
+
+def hf_model(seed: int = 0, **overrides) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(**{**BASE, **overrides})
+    hf = LlamaForCausalLM(cfg).eval()
+    return randomize_(hf, seed)
+
+
+def save_hf(hf: LlamaForCausalLM, path, **kwargs) -> str:
+    hf.save_pretrained(str(path), safe_serialization=True, **kwargs)
+    return str(path)
+
+
+def tokens(*shape, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def our_model(seed: int = 0, **overrides) -> model.Llama:
+    """A random model of our own (no transformers involved)."""
+    torch.manual_seed(seed)
+    args = ModelArgs(**{**BASE, **overrides})
+    return randomize_(model.Llama(args), seed).eval()
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
+# ----------------------------------------------------------------------------- parity
+
+
+PARITY_CASES = {  # each of MHA/GQA, theta 1e4/1e6, tied/untied appears at least once
+    "mha-1e4-untied": dict(num_key_value_heads=4, rope_theta=1e4, tie_word_embeddings=False),
+    "gqa-1e4-tied": dict(num_key_value_heads=2, rope_theta=1e4, tie_word_embeddings=True),
+    "mha-1e6-tied": dict(num_key_value_heads=4, rope_theta=1e6, tie_word_embeddings=True),
+    "gqa-1e6-untied-sharded": dict(num_key_value_heads=2, rope_theta=1e6, tie_word_embeddings=False),
+    # multi-query attention with head_dim != hidden/heads and a larger eps
+    "mqa-headdim32-eps": dict(num_key_value_heads=1, head_dim=32, rope_theta=5e5, rms_norm_eps=1e-2),
+}
+
+
+@pytest.mark.parametrize("case", list(PARITY_CASES))
+def test_logits_match_transformers(case, tmp_path):
+    overrides = PARITY_CASES[case]
+    hf = hf_model(**overrides)
+    sharded = case.endswith("sharded")
+    path = save_hf(hf, tmp_path, **({"max_shard_size": "20KB"} if sharded else {}))
+    if sharded:
+        assert os.path.isfile(os.path.join(path, "model.safetensors.index.json"))
+        assert not os.path.exists(os.path.join(path, "model.safetensors"))
+        assert len([f for f in os.listdir(path) if f.endswith(".safetensors")]) > 1
+
+    m = load_model(path)
+    assert m.args.rope_theta == overrides["rope_theta"]
+    assert m.args.num_key_value_heads == overrides["num_key_value_heads"]
+    assert m.args.tie_word_embeddings == overrides.get("tie_word_embeddings", False)
+    if m.args.tie_word_embeddings:
+        assert m.lm_head.weight is m.embed_tokens.weight
+
+    x = tokens(2, 16)
+    with torch.no_grad():
+        ours, ref = m(x), hf(x).logits
+    assert ours.shape == ref.shape == (2, 16, VOCAB)
+    assert (ours - ref).abs().max().item() <= 1e-4
+
+
+def test_rope_theta_top_level_codellama_style(tmp_path):
+    hf = hf_model(rope_theta=1e6)
+    path = save_hf(hf, tmp_path)
+    cfg = read_json(os.path.join(path, "config.json"))
+    assert cfg["rope_parameters"]["rope_theta"] == 1e6  # the transformers-5 nested form
+    cfg.pop("rope_parameters")
+    cfg["rope_theta"] = 1e6
+    write_json(os.path.join(path, "config.json"), cfg)
+
+    m = load_model(path)
+    assert m.args.rope_theta == 1e6
+    x = tokens(1, 20)
+    with torch.no_grad():
+        assert (m(x) - hf(x).logits).abs().max().item() <= 1e-4
+
+    # And the value matters: with the default theta the logits would differ.
+    cfg.pop("rope_theta")
+    write_json(os.path.join(path, "config.json"), cfg)
+    m_default = load_model(path)
+    assert m_default.args.rope_theta == 1e4
+    with torch.no_grad():
+        assert (m_default(x) - hf(x).logits).abs().max().item() > 1e-3
+
+
+# ----------------------------------------------------------------------------- greedy
+
+
+def greedy(m: model.Llama, prompt: torch.Tensor, n_new: int) -> list[int]:
+    """Plain greedy decoding with the KV cache: prefill, then one token at a time."""
+    cache = m.new_cache(len(prompt) + n_new)
+    with torch.no_grad():
+        logits = m(prompt[None], cache=cache)
+        out = []
+        for _ in range(n_new):
+            tok = logits[0, -1].argmax()
+            out.append(int(tok))
+            if len(out) == n_new:
+                break
+            logits = m(tok[None, None], cache=cache)
+    assert cache.length == len(prompt) + n_new - 1
+    return out
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_greedy_matches_transformers_generate(kv_heads, tmp_path):
+    hf = hf_model(seed=3, num_key_value_heads=kv_heads, rope_theta=1e6)
+    m = load_model(save_hf(hf, tmp_path))
+    prompt = tokens(7, seed=4)
+    hf.generation_config.eos_token_id = None  # never stop early
+    with torch.no_grad():
+        ref = hf.generate(prompt[None], attention_mask=torch.ones(1, 7, dtype=torch.long),
+                          do_sample=False, max_new_tokens=20, eos_token_id=None, pad_token_id=0)
+    assert ref.shape == (1, 27)
+    ref_new = ref[0, 7:].tolist()
+    assert len(set(ref_new)) > 1  # not a degenerate repeat-one-token model
+    assert greedy(m, prompt, 20) == ref_new
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+@pytest.mark.parametrize("step", [1, 3])
+def test_incremental_decoding_matches_full_forward(step):
+    m = our_model(num_key_value_heads=2)
+    x = tokens(2, 14)
+    with torch.no_grad():
+        full = m(x)
+        cache = m.new_cache(14, batch_size=2)
+        parts = [m(x[:, :5], cache=cache)]
+        for i in range(5, 14, step):
+            parts.append(m(x[:, i:i + step], cache=cache))
+    assert cache.length == 14
+    inc = torch.cat(parts, dim=1)
+    torch.testing.assert_close(inc, full, atol=1e-5, rtol=0)
+
+
+def test_truncate_then_new_block():
+    m = our_model(num_key_value_heads=2)
+    P, A, B = tokens(1, 6, seed=1), tokens(1, 7, seed=2), tokens(1, 3, seed=3)
+    with torch.no_grad():
+        cache = m.new_cache(32)
+        m(P, cache=cache)
+        m(A, cache=cache)
+        assert cache.length == 13
+        cache.truncate(6)
+        assert cache.length == 6
+        got = m(B, cache=cache)  # stale A slots 9..12 stay in memory but must not be seen
+        assert cache.length == 9
+
+        fresh = m.new_cache(32)
+        m(P, cache=fresh)
+        want = m(B, cache=fresh)
+        full = m(torch.cat([P, B], dim=1))[:, 6:]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
+    # The replaced slots themselves hold B's keys and values.
+    for layer in range(m.args.num_hidden_layers):
+        torch.testing.assert_close(cache.k[layer][:, :, :9], fresh.k[layer][:, :, :9], atol=1e-6, rtol=0)
+        torch.testing.assert_close(cache.v[layer][:, :, :9], fresh.v[layer][:, :, :9], atol=1e-6, rtol=0)
+
+
+def test_cache_overflow_and_bad_truncate():
+    m = our_model()
+    cache = m.new_cache(8)
+    with torch.no_grad():
+        m(tokens(1, 6), cache=cache)
+        with pytest.raises(ValueError, match="max_len"):
+            m(tokens(1, 3), cache=cache)
+        assert cache.length == 6  # the failed call wrote nothing
+        m(tokens(1, 2), cache=cache)  # exactly full is fine
+        assert cache.length == 8
+        with pytest.raises(ValueError, match="max_len"):
+            m(tokens(1, 1), cache=cache)
+    with pytest.raises(ValueError):
+        cache.truncate(9)
+    with pytest.raises(ValueError):
+        cache.truncate(-1)
+    assert cache.length == 8
+    with pytest.raises(ValueError, match="max_len"):
+        m(tokens(1, 9), cache=m.new_cache(8))
+
+
+def test_compact_layer0_matches_feeding_only_kept_tokens():
+    """Layer 0 K/V depend only on (token, position): compact must gather exactly them."""
+    m = our_model(num_key_value_heads=2)
+    P = tokens(1, 5, seed=1)
+    L = P.shape[1]
+    block = tokens(1, 6, seed=2)
+    keep = [L, L + 2, L + 5]
+    # kept tokens (block offsets 0, 2, 5) carry contiguous positions L, L+1, L+2
+    positions = torch.tensor([L, L + 1, L + 1, L + 2, L + 2, L + 2])
+    with torch.no_grad():
+        cache = m.new_cache(16)
+        m(P, cache=cache)
+        m(block, positions=positions, cache=cache)
+        prefix_k = cache.k[0][:, :, :L].clone()
+        cache.compact(keep)
+        assert cache.length == L + 3
+
+        fresh = m.new_cache(16)
+        m(P, cache=fresh)
+        m(block[:, [0, 2, 5]], cache=fresh)
+    torch.testing.assert_close(cache.k[0][:, :, :L], prefix_k, atol=0, rtol=0)
+    torch.testing.assert_close(cache.k[0][:, :, :L + 3], fresh.k[0][:, :, :L + 3], atol=1e-6, rtol=0)
+    torch.testing.assert_close(cache.v[0][:, :, :L + 3], fresh.v[0][:, :, :L + 3], atol=1e-6, rtol=0)
+
+
+def test_tree_mask_then_compact_matches_sequential_all_layers():
+    """A tree-shaped mask plus compact leaves the cache as if only the kept path was fed.
+
+    Block of 6 after prefix P; the kept path is offsets 0, 2, 5 (positions L, L+1, L+2).
+    Each kept token sees P, the kept tokens before it, and itself; the others are
+    distractors at the same positions. Then every layer's K/V, and the next token's
+    logits, must match a fresh cache fed P + path.
+    """
+    m = our_model(num_key_value_heads=2)
+    P, block, nxt = tokens(1, 5, seed=1), tokens(1, 6, seed=2), tokens(1, 1, seed=3)
+    L = P.shape[1]
+    path = [0, 2, 5]
+    positions = torch.tensor([L, L + 1, L + 1, L + 2, L + 2, L + 2])
+    mask = torch.zeros(1, 1, 6, L + 6, dtype=torch.bool)
+    mask[..., :L] = True
+    for t in range(6):
+        mask[0, 0, t, L + t] = True
+    for i, t in enumerate(path):  # path tokens see earlier path tokens
+        for s in path[:i]:
+            mask[0, 0, t, L + s] = True
+    mask[0, 0, 1, L + 0] = mask[0, 0, 3, L + 2] = mask[0, 0, 4, L + 0] = True  # distractors
+    with torch.no_grad():
+        cache = m.new_cache(16)
+        m(P, cache=cache)
+        block_logits = m(block, positions=positions, mask=mask, cache=cache)
+        cache.compact(torch.tensor([L + t for t in path]))
+        assert cache.length == L + 3
+        got_next = m(nxt, cache=cache)
+
+        fresh = m.new_cache(16)
+        m(P, cache=fresh)
+        path_logits = m(block[:, path], cache=fresh)
+        want_next = m(nxt, cache=fresh)
+    torch.testing.assert_close(block_logits[:, path], path_logits, atol=1e-5, rtol=0)
+    for layer in range(m.args.num_hidden_layers):
+        torch.testing.assert_close(cache.k[layer][:, :, :L + 3], fresh.k[layer][:, :, :L + 3], atol=1e-5, rtol=0)
+        torch.testing.assert_close(cache.v[layer][:, :, :L + 3], fresh.v[layer][:, :, :L + 3], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got_next, want_next, atol=1e-5, rtol=0)
+
+
+def test_compact_rejects_bad_slots():
+    m = our_model()
+    cache = m.new_cache(16)
+    with torch.no_grad():
+        m(tokens(1, 8), cache=cache)
+    for bad in ([5, 8], [6, 5], [3, 3], [-1, 2]):
+        with pytest.raises(ValueError):
+            cache.compact(bad)
+    assert cache.length == 8
+
+
+@pytest.mark.parametrize("n_cached", [0, 4])
+def test_explicit_masks(n_cached):
+    m = our_model(num_key_value_heads=2)
+    prefix, x = tokens(2, n_cached, seed=1), tokens(2, 5, seed=2)
+    T = x.shape[1]
+
+    def run(mask):
+        cache = m.new_cache(16, batch_size=2)
+        with torch.no_grad():
+            if n_cached:
+                m(prefix, cache=cache)
+            return m(x, mask=mask, cache=cache)
+
+    # The default causal mask passed explicitly equals mask=None.
+    torch.testing.assert_close(run(causal_mask(n_cached, T)), run(None), atol=1e-5, rtol=0)
+    # An arbitrary boolean mask equals its additive float form (0 / -inf), per batch row.
+    g = torch.Generator().manual_seed(5)
+    bool_mask = torch.rand(2, 1, T, n_cached + T, generator=g) < 0.5
+    bool_mask[..., torch.arange(T), n_cached + torch.arange(T)] = True  # every row sees itself
+    float_mask = torch.zeros(bool_mask.shape).masked_fill(~bool_mask, float("-inf"))
+    got = run(bool_mask)
+    torch.testing.assert_close(got, run(float_mask), atol=1e-5, rtol=0)
+    assert (got - run(None)).abs().max() > 1e-3  # the mask did change something
+
+
+def test_causal_mask_layout():
+    want = torch.tensor([[1, 1, 1, 0, 0],
+                         [1, 1, 1, 1, 0],
+                         [1, 1, 1, 1, 1]], dtype=torch.bool)
+    got = causal_mask(2, 3)
+    assert got.shape == (1, 1, 3, 5) and got.dtype == torch.bool
+    assert torch.equal(got[0, 0], want)
+
+
+def test_gqa_cache_sized_by_kv_heads():
+    m = our_model(num_key_value_heads=2)
+    cache = m.new_cache(10, batch_size=3)
+    assert len(cache.k) == len(cache.v) == 2
+    assert cache.k[0].shape == (3, 2, 10, 16)
+    assert cache.v[1].shape[1] == 2
+    mqa = KVCache(ModelArgs(**{**BASE, "num_key_value_heads": 1, "head_dim": 32}), 7)
+    assert mqa.k[0].shape == (1, 1, 7, 32)
+
+
+# ----------------------------------------------------------------------------- loader errors
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    """A valid single-file checkpoint of a small GQA model, saved by transformers."""
+    return save_hf(hf_model(num_key_value_heads=2), tmp_path / "ckpt")
+
+
+def load_error(path, root, *needles) -> str:
+    """load_model(path) must raise CheckpointError whose message, with the temporary
+    directory's name blanked out (it contains the test's name), mentions every needle."""
+    with pytest.raises(CheckpointError) as e:
+        load_model(str(path))
+    msg = str(e.value).replace(str(root), "<tmp>")
+    for needle in needles:
+        assert needle in msg, f"{needle!r} not in {msg!r}"
+    return msg
+
+
+def test_load_missing_directory(tmp_path):
+    load_error(tmp_path / "nope", tmp_path, "does not exist")
+
+
+def test_load_missing_config_key(ckpt, tmp_path):
+    cfg = read_json(os.path.join(ckpt, "config.json"))
+    del cfg["num_hidden_layers"]
+    write_json(os.path.join(ckpt, "config.json"), cfg)
+    load_error(ckpt, tmp_path, "num_hidden_layers")
+
+
+def test_load_missing_files(ckpt, tmp_path):
+    os.remove(os.path.join(ckpt, "model.safetensors"))
+    load_error(ckpt, tmp_path, "model.safetensors")
+    os.remove(os.path.join(ckpt, "config.json"))
+    load_error(ckpt, tmp_path, "config.json")
+
+
+def test_load_bad_config_json(ckpt, tmp_path):
+    with open(os.path.join(ckpt, "config.json"), "w") as f:
+        f.write("{not json")
+    load_error(ckpt, tmp_path, "JSON")
+
+
+def _rewrite_tensors(ckpt, edit):
+    file = os.path.join(ckpt, "model.safetensors")
+    tensors = load_file(file)
+    edit(tensors)
+    save_file(tensors, file, metadata={"format": "pt"})
+
+
+def test_load_missing_tensor(ckpt, tmp_path):
+    name = "model.layers.1.self_attn.k_proj.weight"
+    _rewrite_tensors(ckpt, lambda t: t.pop(name))
+    load_error(ckpt, tmp_path, "missing", name)
+
+
+def test_load_wrong_shape(ckpt, tmp_path):
+    name = "model.layers.0.mlp.up_proj.weight"
+    _rewrite_tensors(ckpt, lambda t: t.update({name: torch.zeros(127, 64)}))
+    load_error(ckpt, tmp_path, "wrong shape", name)
+
+
+def test_load_unexpected_tensor(ckpt, tmp_path):
+    name = "model.layers.0.self_attn.q_proj.bias"
+    _rewrite_tensors(ckpt, lambda t: t.update({name: torch.zeros(64)}))
+    load_error(ckpt, tmp_path, "unexpected", name)
+
+
+def test_load_tied_checkpoint_with_untied_config(tmp_path):
+    """A tied checkpoint (no lm_head.weight) under an untied config is a missing tensor."""
+    path = save_hf(hf_model(tie_word_embeddings=True), tmp_path / "ckpt")
+    cfg = read_json(os.path.join(path, "config.json"))
+    cfg["tie_word_embeddings"] = False
+    write_json(os.path.join(path, "config.json"), cfg)
+    load_error(path, tmp_path, "missing", "lm_head.weight")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99, 20, 4, 0])
+def test_load_truncated_file(ckpt, tmp_path, keep):
+    file = os.path.join(ckpt, "model.safetensors")
+    data = open(file, "rb").read()
+    n = int(len(data) * keep) if isinstance(keep, float) else keep
+    with open(file, "wb") as f:
+        f.write(data[:n])
+    load_error(ckpt, tmp_path)  # a CheckpointError, not whatever safetensors raises
+
+
+def test_load_corrupt_file(ckpt, tmp_path):
+    file = os.path.join(ckpt, "model.safetensors")
+    size = os.path.getsize(file)
+    with open(file, "wb") as f:
+        f.write(torch.randint(0, 256, (size,), generator=torch.Generator().manual_seed(0),
+                              dtype=torch.uint8).numpy().tobytes())
+    load_error(ckpt, tmp_path)
+
+
+def test_load_sharded_errors(tmp_path):
+    path = save_hf(hf_model(), tmp_path / "sharded", max_shard_size="20KB")
+    index = read_json(os.path.join(path, "model.safetensors.index.json"))
+    shard = os.path.join(path, sorted(set(index["weight_map"].values()))[-1])
+    data = open(shard, "rb").read()
+    with open(shard, "wb") as f:  # a truncated shard
+        f.write(data[:len(data) // 2])
+    load_error(path, tmp_path)
+    os.remove(shard)  # a shard listed in the index but absent
+    load_error(path, tmp_path, "missing", os.path.basename(shard))
+
+
+# ----------------------------------------------------------------------------- save
+
+
+def test_save_load_roundtrip_float32(tmp_path):
+    m = our_model(num_key_value_heads=2, rope_theta=1e6)
+    save_model(m, str(tmp_path))
+    m2 = load_model(str(tmp_path))
+    strip = lambda a: {k: v for k, v in vars(a).items() if k != "extra"}  # noqa: E731
+    assert strip(m2.args) == strip(m.args)
+    sd, sd2 = m.state_dict(), m2.state_dict()
+    assert sd.keys() == sd2.keys()
+    for k in sd:
+        assert sd2[k].dtype == torch.float32
+        assert torch.equal(sd[k], sd2[k]), k
+    assert m2.lm_head.weight.data_ptr() != m2.embed_tokens.weight.data_ptr()
+
+
+def test_save_load_roundtrip_bfloat16(tmp_path):
+    m = our_model(num_key_value_heads=2)
+    save_model(m, str(tmp_path), dtype=torch.bfloat16)
+    assert read_json(os.path.join(tmp_path, "config.json"))["torch_dtype"] == "bfloat16"
+    on_disk = load_file(os.path.join(tmp_path, "model.safetensors"))
+    assert all(t.dtype == torch.bfloat16 for t in on_disk.values())
+    m2 = load_model(str(tmp_path), dtype=torch.bfloat16)
+    for (k, p), (k2, p2) in zip(m.named_parameters(), m2.named_parameters()):
+        assert k == k2 and p2.dtype == torch.bfloat16
+        assert torch.equal(p.detach().to(torch.bfloat16), p2), k
+    with torch.no_grad():  # and it runs in bf16, close to the float32 model
+        x = tokens(1, 8)
+        assert m2(x).dtype == torch.bfloat16
+        assert (m2(x).float() - m(x)).abs().max() < 0.2
+
+
+def test_save_load_tied(tmp_path):
+    m = our_model(tie_word_embeddings=True)
+    assert m.lm_head.weight is m.embed_tokens.weight
+    save_model(m, str(tmp_path))
+    assert "lm_head.weight" not in load_file(os.path.join(tmp_path, "model.safetensors"))
+    m2 = load_model(str(tmp_path))
+    assert m2.args.tie_word_embeddings
+    assert m2.lm_head.weight is m2.embed_tokens.weight
+    for (k, p), (k2, p2) in zip(m.named_parameters(), m2.named_parameters()):
+        assert k == k2 and torch.equal(p, p2), k
+    x = tokens(1, 8)
+    with torch.no_grad():
+        assert torch.equal(m(x), m2(x))
+    m2b = load_model(str(tmp_path), dtype=torch.bfloat16)  # still tied after a dtype cast
+    assert m2b.lm_head.weight is m2b.embed_tokens.weight
+    assert m2b.lm_head.weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_saved_checkpoint_loads_in_transformers(tied, tmp_path):
+    """save_model writes a real Hugging Face checkpoint: transformers gives the same logits."""
+    m = our_model(num_key_value_heads=2, rope_theta=1e6, tie_word_embeddings=tied)
+    save_model(m, str(tmp_path))
+    hf = LlamaForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    x = tokens(1, 12)
+    with torch.no_grad():
+        assert (m(x) - hf(x).logits).abs().max().item() <= 1e-4
+
+
+def test_save_keeps_extra_config_keys(tmp_path):
+    hf = hf_model()
+    path = save_hf(hf, tmp_path / "a")
+    m = load_model(path)
+    save_model(m, str(tmp_path / "b"))
+    cfg = read_json(tmp_path / "b" / "config.json")
+    assert cfg["initializer_range"] == 0.02  # a key model.py does not know about
+    assert cfg["model_type"] == "llama" and cfg["num_hidden_layers"] == 2
+
+
+def test_save_load_keeps_null_special_ids(tmp_path):
+    m = our_model(bos_token_id=None, eos_token_id=None)
+    save_model(m, str(tmp_path))
+    m2 = load_model(str(tmp_path))
+    assert m2.args.stop_ids == []  # else decoding would stop at token 2
+    assert m2.args.bos_token_id is None
+
+
+def test_save_bfloat16_config_dtype_consistent(tmp_path):
+    m = load_model(save_hf(hf_model(), tmp_path / "a"))  # config.json has "dtype": "float32"
+    save_model(m, str(tmp_path / "b"), dtype=torch.bfloat16)
+    cfg = read_json(tmp_path / "b" / "config.json")
+    assert cfg.get("dtype", "bfloat16") == cfg.get("torch_dtype", "bfloat16") == "bfloat16"
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _cfg(**extra):
+    return {**BASE, **extra}
+
+
+@pytest.mark.parametrize("cfg", [
+    _cfg(rope_scaling={"rope_type": "linear", "factor": 2.0}),
+    _cfg(rope_scaling={"type": "dynamic", "factor": 2.0}),
+    _cfg(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}),
+    _cfg(attention_bias=True),
+    _cfg(mlp_bias=True),
+    _cfg(hidden_act="gelu"),
+    _cfg(num_key_value_heads=3),
+], ids=["rope_scaling-linear", "rope_scaling-type-key", "rope_parameters-llama3",
+        "attention_bias", "mlp_bias", "gelu", "heads-not-multiple"])
+def test_from_config_rejects(cfg):
+    with pytest.raises(CheckpointError):
+        ModelArgs.from_config(cfg)
+
+
+def test_from_config_accepts_default_rope_and_keeps_extra():
+    cfg = _cfg(rope_scaling=None, initializer_range=0.02,
+               rope_parameters={"rope_type": "default", "rope_theta": 5e5})
+    del cfg["rope_theta"]
+    args = ModelArgs.from_config(cfg)
+    assert args.rope_theta == 5e5
+    assert args.extra == {"initializer_range": 0.02}
+
+
+def test_from_config_missing_key_message():
+    cfg = _cfg()
+    del cfg["vocab_size"]
+    with pytest.raises(CheckpointError, match="vocab_size"):
+        ModelArgs.from_config(cfg)
