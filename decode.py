@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model import DTYPES, CheckpointError, KVCache, Llama, load_model
+from model import DEFAULT_MODEL, DTYPES, CheckpointError, KVCache, Llama, load_model
 from sampling import Warper, accept_drafts, sample
 
-DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "tiny-code-llama")
 
 
 @dataclass

