@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -222,7 +223,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(args.hidden_size, self.n_kv * self.hd, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.hd, args.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int):
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, prefix: int = 0):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # [B, H, T, hd]
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # [B, Hkv, T, hd]
@@ -230,11 +231,18 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.write(layer, k, v)  # [B, Hkv, L + T, hd]
-        # mask: None means "every new token sees every key"; "causal" is the plain triangle.
-        causal = isinstance(mask, str)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask,
-                                             is_causal=causal, enable_gqa=self.n_kv != self.n_heads)
+        if prefix:  # the prefix attends only within itself, exactly as a plain forward would
+            head = self.attend(q[:, :, :prefix], k[:, :, :prefix], v[:, :, :prefix], "causal")
+            out = torch.cat([head, self.attend(q[:, :, prefix:], k, v, mask)], dim=2)
+        else:
+            out = self.attend(q, k, v, mask)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+
+    def attend(self, q, k, v, mask):
+        """mask: None (every query sees every key), "causal" (the plain triangle), or a tensor."""
+        causal = isinstance(mask, str)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask,
+                                              is_causal=causal, enable_gqa=self.n_kv != self.n_heads)
 
 
 class MLP(nn.Module):
@@ -256,8 +264,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.mlp = MLP(args)
 
-    def forward(self, x, cos, sin, mask, cache, layer):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+    def forward(self, x, cos, sin, mask, cache, layer, prefix=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, prefix)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -274,9 +282,11 @@ class Llama(nn.Module):
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         if args.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        self.grad_checkpointing = False  # training: recompute block activations in backward
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, cache: KVCache | None = None,
+                causal_prefix: int = 0) -> torch.Tensor:
         """Logits [B, T, V] for tokens [B, T].
 
         positions: [B, T] or [T] integer position ids; default: the T slots after the cache.
@@ -284,11 +294,17 @@ class Llama(nn.Module):
               boolean [B or 1, 1, T, L + T] (True = may attend) or additive float (0 or
               -inf). Default: causal, i.e. every cached token plus the new block's triangle.
         cache: if given, the new K/V are written at [L, L + T) and cache.length grows by T.
+        causal_prefix: P > 0 says the first P tokens form a plain causal sequence that sees
+              nothing after it (SAT training: the standard tokens). They get their own
+              causal attention, bit-identical to a forward of them alone; `mask` then
+              covers only the other rows: [B or 1, 1, T - P, T]. Not with a cache.
         """
         B, T = tokens.shape
         L = cache.length if cache is not None else 0
         if cache is not None:
             cache.check_room(T)
+            if causal_prefix:
+                raise ValueError("causal_prefix is for uncached (training) forwards")
         if positions is None:
             positions = torch.arange(L, L + T, device=tokens.device)
         positions = positions.expand(B, T) if positions.dim() == 1 else positions
@@ -301,7 +317,11 @@ class Llama(nn.Module):
         x = self.embed_tokens(tokens)
         cos, sin = rope_cos_sin(positions, self.args.head_dim, self.args.rope_theta, x.dtype)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, cache, i)
+            if self.grad_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, cache, i, causal_prefix,
+                                                      use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache, i, causal_prefix)
         if cache is not None:
             cache.length = L + T
         return self.lm_head(self.norm(x))
@@ -447,8 +467,7 @@ def save_model(model: Llama, path: str, dtype: torch.dtype | None = None):
     config = model.args.to_config()
     if dtype is not None:  # transformers 5 reads "dtype", older versions "torch_dtype"
         config["dtype"] = config["torch_dtype"] = str(dtype).removeprefix("torch.")
-    atomic_write(os.path.join(path, "config.json"),
-                 lambda tmp: open(tmp, "w").write(json.dumps(config, indent=2) + "\n"))
+    write_json(os.path.join(path, "config.json"), config)
 
 
 def atomic_write(final_path: str, write):
@@ -456,3 +475,11 @@ def atomic_write(final_path: str, write):
     tmp = final_path + ".tmp"
     write(tmp)
     os.replace(tmp, final_path)
+
+
+def write_json(path: str, obj):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+    atomic_write(path, write)

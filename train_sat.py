@@ -1,20 +1,59 @@
-"""Training: pretraining the demo model, and (next) semantic adaptive token fine-tuning.
+"""Training: semantic adaptive token (SAT) fine-tuning, and pretraining the demo model.
 
 One loop serves every mode:
 
-    --mode pretrain   plain next-token loss, all parameters train (builds the demo model)
+    --mode sat        SDSAT fine-tuning with the frozen-embedding loss (the default)
+    --mode sat-only   only the SAT's embedding row trains: a lower bound and a contrast
+    --mode pretrain   plain next-token loss, every parameter trains (builds the demo model)
 
-    python corpus.py --out data/stdlib
-    python train_sat.py --mode pretrain --data data/stdlib --out runs/base --steps 6000
+    python train_sat.py --init models/tiny-code-llama --data data/stdlib-tests --out runs/sat
+    torchrun --nproc_per_node 2 train_sat.py ...          # DistributedDataParallel
 
-The loop: AdamW, linear warm-up then cosine decay, gradient clipping, bfloat16 autocast
-(on CPU too), periodic held-out evaluation, a progress line, and a checkpoint written
-atomically every --ckpt-minutes. Killing the run and starting the same command again
-resumes from the checkpoint with the same data order: batch s is drawn from a generator
-seeded by (seed, s), so it does not depend on what happened before step s.
+The loop: AdamW, linear warm-up then cosine decay, gradient clipping and accumulation,
+bfloat16 autocast, optional gradient checkpointing, periodic held-out evaluation, a
+progress line, and a checkpoint written atomically every --ckpt-minutes. Killing a run
+and starting the same command again resumes it with the same data order: batch s is
+drawn from a generator seeded by (seed, s), so it does not depend on earlier steps.
+
+THE SAT LAYOUT (SDSAT.md section 2). A window holds N standard tokens y[0..N-1] (and
+y[N], used only as a label). For each anchor p, a group of k SATs is appended after
+the standard tokens. SAT j of anchor p sits at position p + j, sees the standard tokens
+up to p and the SATs of its own group up to itself, and learns y[p + 1 + j]: the token
+j + 1 steps after the anchor. Standard tokens never see a SAT, so their outputs are
+exactly those of a plain causal forward. N = 8, anchors p = 2 and p = 5, k = 3:
+
+    index     0  1  2  3  4  5  6  7 |  8  9 10 | 11 12 13
+    token    y0 y1 y2 y3 y4 y5 y6 y7 |  S  S  S |  S  S  S
+    position  0  1  2  3  4  5  6  7 |  3  4  5 |  6  7  8
+    label    y1 y2 y3 y4 y5 y6 y7 y8 | y4 y5 y6 | y7 y8  -    (- : past the window)
+
+    mask (row attends to column, x = yes)
+                0 1 2 3 4 5 6 7   8 9 10  11 12 13
+     0  y0      x
+     1  y1      x x
+     2  y2      x x x
+     3  y3      x x x x
+     4  y4      x x x x x
+     5  y5      x x x x x x
+     6  y6      x x x x x x x
+     7  y7      x x x x x x x x
+     8  S p=2   x x x             x
+     9  S p=2   x x x             x x
+    10  S p=2   x x x             x x x
+    11  S p=5   x x x x x x                 x
+    12  S p=5   x x x x x x                 x  x
+    13  S p=5   x x x x x x                 x  x  x
+
+THE FROZEN-EMBEDDING LOSS. loss = CE_sat + lambda * L_std. The standard tokens'
+embedding rows, the final norm and the output head are frozen; the SAT's embedding row
+and the transformer blocks train. L_std is cross-entropy on the data (default) or the KL
+divergence to the frozen starting model (--std-loss kl). Tied embeddings: the head *is*
+the embedding matrix, so its SAT row trains with the SAT embedding (only the SAT's own
+logit can move that way) and every other row stays frozen.
 """
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -25,40 +64,53 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from model import CheckpointError, Llama, ModelArgs, atomic_write, init_weights, load_model, save_model
+from model import (CheckpointError, Llama, ModelArgs, atomic_write, init_weights, load_model, save_model,
+                   write_json)
+
+IGNORE = -100  # label of positions without a target
 
 
 @dataclass
 class TrainConfig:
-    mode: str = "pretrain"
-    data: str = "data/stdlib"
-    out: str = "runs/base"
-    init: str | None = None  # model directory to start from (None: random init)
-    # model shape for --mode pretrain from scratch
-    dim: int = 320
-    n_layers: int = 8
-    n_heads: int = 5
-    ffn: int = 864
+    mode: str = "sat"  # sat | sat-only | pretrain
+    data: str = "data/stdlib-tests"
+    out: str = "runs/sat"
+    init: str | None = None  # model directory to start from (pretrain: None = random)
+    # model shape, for --mode pretrain from scratch
+    dim: int = 384
+    n_layers: int = 6
+    n_heads: int = 6
+    ffn: int = 1024
     tie_embeddings: bool = True
+    # SAT
+    k: int = 5  # SATs per anchor
+    anchors: int = 32  # anchors per window; 0 = every position (dense)
+    sat_token_id: int | None = None  # default: the config's sat_token_id, else append a row
+    std_loss: str = "ce"  # ce | kl
+    std_weight: float = 1.0  # lambda
+    offset_weights: str = ""  # e.g. "1,1,1,0.5,0.5": weight of CE at SAT offset j
+    sat_labels: str = "data"  # data | self (the starting model's own greedy continuation)
     # optimisation
     seq_len: int = 512
-    batch_size: int = 16
+    batch_size: int = 16  # per process
     grad_accum: int = 1
-    steps: int = 6000
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup: int = 200
+    steps: int = 1000
+    lr: float = 5e-4
+    min_lr: float = 5e-5
+    warmup: int = 50
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     bf16: bool = True
+    grad_checkpointing: bool = False
     seed: int = 1337
     # bookkeeping
-    eval_every: int = 250
-    eval_tokens: int = 65536
+    eval_every: int = 100
+    eval_tokens: int = 32768
     log_every: int = 10
     ckpt_minutes: float = 5.0
 
@@ -67,10 +119,10 @@ class TrainConfig:
 
 
 class TokenData:
-    """train.bin / val.bin from corpus.py, memory-mapped."""
+    """train.bin / val.bin (uint16 token ids) and corpus.json, from corpus.py."""
 
     def __init__(self, path: str):
-        for name in ("train.bin", "val.bin"):
+        for name in ("train.bin", "val.bin", "corpus.json"):
             if not os.path.isfile(os.path.join(path, name)):
                 raise SystemExit(f"error: {path} has no {name}: run python corpus.py --out {path}")
         self.train = np.memmap(os.path.join(path, "train.bin"), dtype=np.uint16, mode="r")
@@ -78,15 +130,16 @@ class TokenData:
         with open(os.path.join(path, "corpus.json")) as f:
             self.meta = json.load(f)
 
-    def batch(self, step: int, cfg: TrainConfig, rank: int = 0, world: int = 1):
-        """Random windows [B, seq_len + 1] for step `step`: the same on every run."""
+    def batch(self, step: int, cfg: TrainConfig, rank: int = 0, world: int = 1) -> torch.Tensor:
+        """Windows [B, seq_len + 1] for step `step`: the same on every run, and the ranks of
+        a distributed run split one global batch between them."""
         g = np.random.default_rng([cfg.seed, step])
         starts = g.integers(0, len(self.train) - cfg.seq_len - 1, size=cfg.batch_size * world)
         starts = starts[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
         return torch.from_numpy(np.stack([self.train[s:s + cfg.seq_len + 1] for s in starts]).astype(np.int64))
 
     def val_windows(self, seq_len: int, max_tokens: int | None):
-        """Consecutive non-overlapping windows of the held-out stream, from the start."""
+        """Consecutive non-overlapping windows [1, seq_len + 1] of the held-out stream."""
         n = (len(self.val) - 1) // seq_len
         if max_tokens:
             n = min(n, max(1, max_tokens // seq_len))
@@ -94,33 +147,159 @@ class TokenData:
             yield torch.from_numpy(self.val[i * seq_len:(i + 1) * seq_len + 1].astype(np.int64))[None]
 
 
-# ----------------------------------------------------------------------------- loss
+# ----------------------------------------------------------------------------- the SAT layout
 
 
-def lm_loss(model: Llama, tokens: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of tokens [B, T + 1]."""
-    logits = model(tokens[:, :-1])
-    return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+def choose_anchors(step: int, cfg: TrainConfig, n: int, batch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """Anchors [B, A], sorted, distinct, in [0, n - 1 - k] so every SAT has a label."""
+    last = n - 1 - cfg.k
+    if cfg.anchors == 0 or cfg.anchors > last:
+        return torch.arange(last + 1).expand(batch, -1)
+    g = np.random.default_rng([cfg.seed, step, 1])
+    rows = [np.sort(g.choice(last + 1, cfg.anchors, replace=False)) for _ in range(batch * world)]
+    return torch.from_numpy(np.stack(rows[rank * batch:(rank + 1) * batch]))
+
+
+def sat_layout(n: int, anchors: torch.Tensor, k: int):
+    """Positions [B, T] and boolean mask [B, 1, T, T] for N standard tokens + |A| groups of k.
+
+    Every token gets three numbers: the last standard index it may see (`sees_upto`), its
+    group (-1 for standard tokens) and its offset j in the group (0 for standard tokens).
+    Then: a column that is a standard token is visible if its index <= sees_upto of the
+    row; a column that is a SAT is visible if it is in the row's group at offset <= the row's.
+    """
+    B, A = anchors.shape
+    T = n + A * k
+    j = torch.arange(1, k + 1).repeat(A).expand(B, -1)  # [B, A*k] offsets 1..k
+    anchor = anchors.repeat_interleave(k, dim=1)  # [B, A*k] each SAT's anchor
+    group = torch.arange(A).repeat_interleave(k).expand(B, -1)
+    std_idx = torch.arange(n).expand(B, -1)
+    positions = torch.cat([std_idx, anchor + j], 1)  # [B, T]
+    sees_upto = torch.cat([std_idx, anchor], 1)  # [B, T]
+    groups = torch.cat([torch.full((B, n), -1), group], 1)
+    offsets = torch.cat([torch.zeros(B, n, dtype=torch.long), j], 1)
+    col = torch.arange(T)
+    std_col = (col < n)[None, None, :] & (col[None, None, :] <= sees_upto[:, :, None])
+    same_group = (groups[:, :, None] == groups[:, None, :]) & (groups[:, :, None] >= 0)
+    sat_col = same_group & (offsets[:, None, :] <= offsets[:, :, None])
+    return positions, (std_col | sat_col)[:, None]
+
+
+def sat_batch(window: torch.Tensor, anchors: torch.Tensor, k: int, sat_id: int):
+    """Input ids, positions, mask, labels and offsets for windows [B, N + 1]."""
+    B, n = window.shape[0], window.shape[1] - 1
+    A = anchors.shape[1]
+    positions, mask = sat_layout(n, anchors, k)
+    j = torch.arange(1, k + 1).repeat(A).expand(B, -1)
+    target = anchors.repeat_interleave(k, dim=1) + 1 + j  # y index of SAT (p, j)'s label
+    sat_labels = window.gather(1, target.clamp(max=n)).masked_fill(target > n, IGNORE)
+    ids = torch.cat([window[:, :n], torch.full((B, A * k), sat_id)], 1)
+    labels = torch.cat([window[:, 1:], sat_labels], 1)
+    offsets = torch.cat([torch.zeros(B, n, dtype=torch.long), j], 1)
+    return ids, positions, mask, labels, offsets
 
 
 @torch.no_grad()
-def evaluate(model: Llama, data: TokenData, cfg: TrainConfig, max_tokens: int | None) -> dict:
-    """Held-out cross-entropy (nats/token) and bits per byte over the first max_tokens."""
+def greedy_continuation_labels(teacher: Llama, window: torch.Tensor, anchors: torch.Tensor, k: int):
+    """SAT labels from the starting model's own greedy continuation (self-distillation).
+
+    For anchor p the model would generate g1, g2, ... after y[0..p]; SAT j should predict
+    g_{j+1}. The SAT layout doubles as a branch layout: put g1..g_m in the group's slots
+    instead of SATs and one forward pass continues every branch at once (k + 1 passes).
+    """
+    B, n = window.shape[0], window.shape[1] - 1
+    A = anchors.shape[1]
+    positions, mask = sat_layout(n, anchors, k)
+    logits = teacher(window[:, :n])
+    g = [logits.gather(1, anchors[:, :, None].expand(-1, -1, logits.shape[-1])).argmax(-1)]  # g1 [B, A]
+    branch = torch.zeros(B, A, k, dtype=torch.long)
+    for m in range(1, k + 1):
+        branch[:, :, m - 1] = g[-1]
+        ids = torch.cat([window[:, :n], branch.reshape(B, A * k)], 1)
+        out = teacher(ids, positions=positions, mask=mask[:, :, n:], causal_prefix=n)[:, n:].reshape(B, A, k, -1)
+        g.append(out[:, :, m - 1].argmax(-1))  # the token after g_m
+    return torch.stack(g[1:], -1).reshape(B, A * k)  # SAT j's label: g_{j+1}
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def lm_loss(model: Llama, window: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Mean next-token cross-entropy of windows [B, N + 1] (pretraining)."""
+    logits = model(window[:, :-1])
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), window[:, 1:].flatten())
+    return loss, {"ce": loss.item()}
+
+
+def sat_loss(model: Llama, window, anchors, cfg: TrainConfig, sat_id: int, teacher: Llama | None):
+    """CE_sat + lambda * L_std on one SAT-augmented batch; also CE per offset j."""
+    n = window.shape[1] - 1
+    ids, positions, mask, labels, offsets = sat_batch(window, anchors, cfg.k, sat_id)
+    if cfg.sat_labels == "self":
+        labels[:, n:] = greedy_continuation_labels(teacher, window, anchors, cfg.k)
+    logits = model(ids, positions=positions, mask=mask[:, :, n:], causal_prefix=n).float()  # [B, T, V]
+    ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none")
+    ce = ce.view(labels.shape)
+    valid = labels != IGNORE
+    info, sat_terms, weights = {}, [], offset_weights(cfg)
+    for j in range(1, cfg.k + 1):
+        sel = valid & (offsets == j)
+        ce_j = ce[sel].mean()
+        info[f"ce_sat{j}"] = ce_j.item()
+        sat_terms.append(weights[j - 1] * ce_j)
+    ce_sat = sum(sat_terms) / sum(weights)
+    std_logits = logits[:, :n]
+    if cfg.std_loss == "kl":
+        with torch.no_grad():
+            ref = teacher(window[:, :n]).float().log_softmax(-1)
+        l_std = F.kl_div(std_logits.log_softmax(-1), ref, log_target=True, reduction="batchmean") / n
+    else:
+        l_std = ce[:, :n].mean()
+    info.update(ce_sat=ce_sat.item(), l_std=l_std.item(), ce_std=ce[:, :n].mean().item())
+    return ce_sat + cfg.std_weight * l_std, info
+
+
+def offset_weights(cfg: TrainConfig) -> list[float]:
+    if not cfg.offset_weights:
+        return [1.0] * cfg.k
+    w = [float(x) for x in cfg.offset_weights.split(",")]
+    if len(w) != cfg.k:
+        raise SystemExit(f"error: --offset-weights has {len(w)} values for k={cfg.k}")
+    return w
+
+
+@torch.no_grad()
+def evaluate(model: Llama, data: TokenData, cfg: TrainConfig, max_tokens: int | None, sat_id=None) -> dict:
+    """Held-out CE (nats/token) and bits per byte; with a SAT id, SAT top-1 accuracy per j."""
+    was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    hits, seen = [0] * cfg.k, [0] * cfg.k
     for w in data.val_windows(cfg.seq_len, max_tokens):
-        with torch.autocast("cpu", torch.bfloat16, enabled=cfg.bf16 and w.device.type == "cpu"):
-            logits = model(w[:, :-1].to(model.device))
-        total += F.cross_entropy(logits.flatten(0, 1).float(), w[:, 1:].flatten().to(model.device),
-                                 reduction="sum").item()
-        count += w.shape[1] - 1
-    model.train()
+        n = w.shape[1] - 1
+        with torch.autocast("cpu", torch.bfloat16, enabled=cfg.bf16 and model.device.type == "cpu"):
+            if sat_id is None:
+                logits = model(w[:, :-1].to(model.device))
+            else:
+                anchors = torch.arange(0, n - cfg.k, 8)[None]  # every 8th position
+                ids, positions, mask, labels, offsets = sat_batch(w, anchors, cfg.k, sat_id)
+                logits = model(ids.to(model.device), positions=positions.to(model.device),
+                               mask=mask[:, :, n:].to(model.device), causal_prefix=n)
+                pred = logits[0, n:].argmax(-1).cpu()
+                for j in range(1, cfg.k + 1):
+                    sel = offsets[0, n:] == j
+                    hits[j - 1] += int((pred[sel] == labels[0, n:][sel]).sum())
+                    seen[j - 1] += int(sel.sum())
+                logits = logits[:, :n]
+        total += F.cross_entropy(logits[0].float(), w[0, 1:].to(model.device), reduction="sum").item()
+        count += n
+    model.train(was_training)
     val = data.meta["splits"]["val"]
     ce = total / count
-    return {"val_loss": ce, "val_bpb": ce * val["tokens"] / val["bytes"] / math.log(2), "val_tokens": count}
-
-
-# ----------------------------------------------------------------------------- schedule
+    out = {"val_loss": ce, "val_bpb": ce * val["tokens"] / val["bytes"] / math.log(2), "val_tokens": count}
+    if sat_id is not None:
+        out["sat_top1"] = [h / max(1, s) for h, s in zip(hits, seen)]
+    return out
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -162,12 +341,14 @@ def load_checkpoint(path: str, model: Llama, opt: torch.optim.Optimizer) -> dict
     return state
 
 
-# ----------------------------------------------------------------------------- setup
+# ----------------------------------------------------------------------------- what trains
 
 
-def build_model(cfg: TrainConfig, vocab_size: int, special: dict) -> Llama:
+def build_model(cfg: TrainConfig, vocab_size: int, special: dict, device) -> Llama:
     if cfg.init:
-        return load_model(cfg.init, dtype=torch.float32).train()
+        return load_model(cfg.init, device=device, dtype=torch.float32).train()
+    if cfg.mode != "pretrain":
+        raise SystemExit("error: --mode sat needs --init: the model to fine-tune")
     args = ModelArgs(hidden_size=cfg.dim, intermediate_size=cfg.ffn, num_hidden_layers=cfg.n_layers,
                      num_attention_heads=cfg.n_heads, vocab_size=vocab_size,
                      max_position_embeddings=cfg.seq_len, tie_word_embeddings=cfg.tie_embeddings,
@@ -175,14 +356,60 @@ def build_model(cfg: TrainConfig, vocab_size: int, special: dict) -> Llama:
     torch.manual_seed(cfg.seed)
     model = Llama(args)
     init_weights(model)
-    return model.train()
+    return model.to(device).train()
+
+
+def add_sat_row(model: Llama) -> int:
+    """Append one vocabulary row for the SAT (embedding = mean of the others). Returns its id."""
+    emb = model.embed_tokens.weight.data
+    new = torch.cat([emb, emb.mean(0, keepdim=True)])
+    model.embed_tokens = torch.nn.Embedding.from_pretrained(new, freeze=False)
+    if model.args.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    else:
+        head = model.lm_head.weight.data
+        model.lm_head = torch.nn.Linear(head.shape[1], head.shape[0] + 1, bias=False, device=head.device)
+        model.lm_head.weight.data = torch.cat([head, head.mean(0, keepdim=True)])
+    model.args.vocab_size += 1
+    return model.args.vocab_size - 1
+
+
+def setup_sat(model: Llama, cfg: TrainConfig) -> int:
+    """Choose the SAT id, freeze what must not train; returns the SAT id."""
+    sat_id = cfg.sat_token_id if cfg.sat_token_id is not None else model.args.sat_token_id
+    if sat_id is None:
+        sat_id = add_sat_row(model)
+        print(f"no spare SAT id given: appended row {sat_id} to the vocabulary")
+    elif not 0 <= sat_id < model.args.vocab_size:
+        raise SystemExit(f"error: SAT id {sat_id} is outside the vocabulary (0..{model.args.vocab_size - 1})")
+    model.args.sat_token_id, model.args.sat_k = sat_id, cfg.k
+    for name, p in model.named_parameters():
+        block = name.startswith("layers.")
+        p.requires_grad = name == "embed_tokens.weight" or (block and cfg.mode == "sat")
+    return sat_id
+
+
+def keep_frozen_rows(model: Llama, sat_id: int):
+    """Zero the gradient of every embedding row but the SAT's (called after backward).
+
+    With zero gradients from the first step on, AdamW's moments for those rows stay zero
+    and so do their updates; the embedding is excluded from weight decay (make_optimizer)."""
+    grad = model.embed_tokens.weight.grad
+    if grad is not None:
+        sat_row = grad[sat_id].clone()
+        grad.zero_()
+        grad[sat_id] = sat_row
 
 
 def make_optimizer(model: Llama, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on norms (1-d parameters)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    """AdamW. No weight decay on norms, and none on the embedding while SAT training
+    (decay would move the frozen rows)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        frozen_rows = cfg.mode != "pretrain" and name == "embed_tokens.weight"
+        (decay if p.dim() >= 2 and not frozen_rows else no_decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}],
                              lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
@@ -203,38 +430,80 @@ def fmt_time(seconds: float) -> str:
 # ----------------------------------------------------------------------------- the loop
 
 
-def train(cfg: TrainConfig):
+def distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device); starts the process group under torchrun."""
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl")
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return rank, world, device
+
+
+def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
+    if cfg.mode not in ("sat", "sat-only", "pretrain"):
+        raise SystemExit(f"error: --mode {cfg.mode}: use sat, sat-only or pretrain")
+    if cfg.std_loss not in ("ce", "kl") or cfg.sat_labels not in ("data", "self"):
+        raise SystemExit("error: --std-loss is ce or kl; --sat-labels is data or self")
+    device = device or torch.device("cpu")
+    log = print if rank == 0 else (lambda *a, **k: None)
     data = TokenData(cfg.data)
-    os.makedirs(cfg.out, exist_ok=True)
     ckpt_path = os.path.join(cfg.out, "checkpoint.safetensors")
-    model = build_model(cfg, data.meta["vocab_size"], special_ids(cfg.data))
+    model = build_model(cfg, data.meta["vocab_size"], special_ids(cfg.data), device)
+    model.grad_checkpointing = cfg.grad_checkpointing
+    sat_id, teacher = None, None
+    if cfg.mode != "pretrain":
+        if cfg.std_loss == "kl" or cfg.sat_labels == "self":
+            teacher = copy.deepcopy(model).eval().requires_grad_(False)  # the frozen start
+        sat_id = setup_sat(model, cfg)
     opt = make_optimizer(model, cfg)
-    n_params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for n, p in model.named_parameters()
+                    if p.requires_grad and (cfg.mode == "pretrain" or n != "embed_tokens.weight"))
+    trainable += model.args.hidden_size if cfg.mode != "pretrain" else 0  # the SAT row
     state = {"step": 0, "tokens": 0, "elapsed": 0.0, "log": [], "config": asdict(cfg)}
     if os.path.isfile(ckpt_path):
         state = load_checkpoint(ckpt_path, model, opt)
-        if state["config"]["steps"] != cfg.steps or state["config"]["mode"] != cfg.mode:
-            print(f"note: resuming a run started with steps={state['config']['steps']}; now {cfg.steps}")
+        if state["config"]["steps"] != cfg.steps:
+            log(f"note: the run was started with steps={state['config']['steps']}; now {cfg.steps}")
         state["config"] = asdict(cfg)
-        print(f"resumed from {ckpt_path} at step {state['step']}")
-    print(f"{cfg.mode}: {n_params / 1e6:.2f}M parameters, {cfg.batch_size * cfg.grad_accum * cfg.seq_len} "
-          f"tokens/step, {cfg.steps} steps, {len(data.train) / 1e6:.2f}M training tokens")
+        log(f"resumed from {ckpt_path} at step {state['step']}")
+    elif rank == 0:
+        os.makedirs(cfg.out, exist_ok=True)
+        state["start"] = evaluate(model, data, cfg, cfg.eval_tokens, sat_id) if cfg.mode != "pretrain" else {}
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len * world
+    log(f"{cfg.mode}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters "
+        f"({trainable / 1e6:.2f}M trainable), {tokens_per_step} tokens/step x {cfg.steps} steps, "
+        f"{world} process(es)" + (f", SAT id {sat_id}, k={cfg.k}" if sat_id is not None else ""))
 
-    t_start, t_ckpt = time.time(), time.time()
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16)
+    t_start = t_ckpt = time.time()
     elapsed0, step0 = state["elapsed"], state["step"]
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
     while state["step"] < cfg.steps:
         step = state["step"]
         lr = lr_at(step, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss_sum = 0.0
+        info_sum = {}
         for micro in range(cfg.grad_accum):
-            tokens = data.batch(step * cfg.grad_accum + micro, cfg)
-            with torch.autocast("cpu", torch.bfloat16, enabled=cfg.bf16):
-                loss = lm_loss(model, tokens)
+            s = step * cfg.grad_accum + micro
+            window = data.batch(s, cfg, rank, world)
+            with autocast:
+                if cfg.mode == "pretrain":
+                    loss, info = lm_loss(ddp, window.to(device))
+                else:
+                    anchors = choose_anchors(s, cfg, cfg.seq_len, cfg.batch_size, rank, world)
+                    loss, info = sat_loss(ddp, window.to(device), anchors.to(device), cfg, sat_id, teacher)
             (loss / cfg.grad_accum).backward()
-            loss_sum += loss.item() / cfg.grad_accum
+            for key, v in info.items():
+                info_sum[key] = info_sum.get(key, 0.0) + v / cfg.grad_accum
+        if sat_id is not None:
+            keep_frozen_rows(model, sat_id)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -246,16 +515,28 @@ def train(cfg: TrainConfig):
         if done % cfg.log_every == 0 or done == cfg.steps:
             rate = (done - step0) * tokens_per_step / (now - t_start)
             eta = (cfg.steps - done) * tokens_per_step / rate
-            print(f"step {done}/{cfg.steps}  loss {loss_sum:.4f}  lr {lr:.2e}  {rate:.0f} tok/s  "
-                  f"elapsed {fmt_time(state['elapsed'])}  eta {fmt_time(eta)}", flush=True)
-        if done % cfg.eval_every == 0 or done == cfg.steps:
-            ev = evaluate(model, data, cfg, None if done == cfg.steps else cfg.eval_tokens)
-            state["log"].append({"step": done, "train_loss": loss_sum, **ev, "elapsed": state["elapsed"]})
-            print(f"eval step {done}: val loss {ev['val_loss']:.4f}  bpb {ev['val_bpb']:.4f}", flush=True)
-        if now - t_ckpt > cfg.ckpt_minutes * 60 or done == cfg.steps:
+            detail = "  ".join(f"{k} {v:.3f}" for k, v in info_sum.items())
+            log(f"step {done}/{cfg.steps}  {detail}  lr {lr:.2e}  {rate:.0f} tok/s  "
+                f"elapsed {fmt_time(state['elapsed'])}  eta {fmt_time(eta)}", flush=True)
+        if rank == 0 and (done % cfg.eval_every == 0 or done == cfg.steps):
+            ev = evaluate(model, data, cfg, None if done == cfg.steps else cfg.eval_tokens, sat_id)
+            state["log"].append({"step": done, **info_sum, **ev, "elapsed": state["elapsed"]})
+            log(f"eval step {done}: val loss {ev['val_loss']:.4f}  bpb {ev['val_bpb']:.4f}"
+                + (f"  SAT top-1 {' '.join(f'{a:.2f}' for a in ev['sat_top1'])}" if "sat_top1" in ev else ""),
+                flush=True)
+        if rank == 0 and (now - t_ckpt > cfg.ckpt_minutes * 60 or done == cfg.steps):
             save_checkpoint(ckpt_path, model, opt, state)
             t_ckpt = time.time()
     return model, state
+
+
+def export(model: Llama, state: dict, cfg: TrainConfig, path: str):
+    """The trained model in Hugging Face layout (bf16), with its tokenizer and reports."""
+    save_model(model, path, dtype=torch.bfloat16)
+    for name in ("tokenizer.model", "corpus.json"):
+        shutil.copy(os.path.join(cfg.data, name), os.path.join(path, name))
+    write_json(os.path.join(path, "training.json"), state)
+    print(f"exported to {path}")
 
 
 def main():
@@ -265,24 +546,24 @@ def main():
         if f.type is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
-            p.add_argument(flag, type=f.type if f.type in (int, float) else str, default=f.default)
+            kind = f.type if f.type in (int, float) else int if "int" in str(f.type) else str
+            p.add_argument(flag, type=kind, default=f.default)
     p.add_argument("--export", default=None, help="after training, save the model (bf16) here")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     a = vars(p.parse_args())
-    export, threads = a.pop("export"), a.pop("threads")
+    export_to, threads = a.pop("export"), a.pop("threads")
     if threads:
         torch.set_num_threads(threads)
     cfg = TrainConfig(**a)
+    rank, world, device = distributed()
     try:
-        model, state = train(cfg)
+        model, state = train(cfg, device, rank, world)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
-    if export:
-        save_model(model, export, dtype=torch.bfloat16)
-        shutil.copy(os.path.join(cfg.data, "tokenizer.model"), os.path.join(export, "tokenizer.model"))
-        with open(os.path.join(export, "training.json"), "w") as f:
-            json.dump({k: v for k, v in state.items()}, f, indent=1)
-        print(f"exported to {export}")
+    if export_to and rank == 0:
+        export(model, state, cfg, export_to)
+    if world > 1:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,277 @@
+"""train_sat.py: the SAT layout, the frozen-embedding loss, DDP, and kill-and-resume."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import corpus
+import train_sat
+from decode import generate_ar, prefill
+from model import Llama, ModelArgs, init_weights, load_model, save_model
+from sampling import Warper
+from train_sat import IGNORE, TrainConfig, sat_batch, sat_layout
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A tiny corpus built by corpus.py from 80 standard-library files."""
+    src = tmp_path_factory.mktemp("src")
+    std = sysconfig.get_paths()["stdlib"]
+    for name in sorted(f for f in os.listdir(std) if f.endswith(".py"))[:80]:
+        shutil.copy(os.path.join(std, name), src / name)
+    out = tmp_path_factory.mktemp("data")
+    report = corpus.build(str(out), vocab_size=400, root=str(src))
+    assert report["splits"]["val"]["files"] > 0
+    return str(out)
+
+
+def tiny_model(vocab=400, tied=True, seed=0, sat_id=4) -> Llama:
+    torch.manual_seed(seed)
+    model = Llama(ModelArgs(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, vocab_size=vocab, tie_word_embeddings=tied,
+                            sat_token_id=sat_id, max_position_embeddings=128))
+    init_weights(model, std=0.1)
+    return model
+
+
+@pytest.fixture(scope="module")
+def init_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("init"))
+    save_model(tiny_model(), path)
+    return path
+
+
+def small_cfg(data, init, out, **kw) -> TrainConfig:
+    base = dict(mode="sat", data=data, init=init, out=out, seq_len=32, batch_size=4, k=3, anchors=5,
+                steps=1, lr=1e-2, warmup=1, bf16=False, eval_every=1000, eval_tokens=256, log_every=1000,
+                ckpt_minutes=1000)
+    return TrainConfig(**{**base, **kw})
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+def test_layout_matches_the_hand_worked_example():
+    """The docstring's picture: N = 8, anchors 2 and 5, k = 3."""
+    window = torch.tensor([[10, 11, 12, 13, 14, 15, 16, 17, 18]])  # y0..y8
+    ids, positions, mask, labels, offsets = sat_batch(window, torch.tensor([[2, 5]]), 3, sat_id=99)
+    assert ids.tolist() == [[10, 11, 12, 13, 14, 15, 16, 17, 99, 99, 99, 99, 99, 99]]
+    assert positions.tolist() == [[0, 1, 2, 3, 4, 5, 6, 7, 3, 4, 5, 6, 7, 8]]
+    assert labels.tolist() == [[11, 12, 13, 14, 15, 16, 17, 18, 14, 15, 16, 17, 18, IGNORE]]
+    assert offsets.tolist() == [[0] * 8 + [1, 2, 3, 1, 2, 3]]
+    grid = """
+        x.............
+        xx............
+        xxx...........
+        xxxx..........
+        xxxxx.........
+        xxxxxx........
+        xxxxxxx.......
+        xxxxxxxx......
+        xxx.....x.....
+        xxx.....xx....
+        xxx.....xxx...
+        xxxxxx.....x
+        xxxxxx.....xx
+        xxxxxx.....xxx"""
+    expected = [[c == "x" for c in row.strip()] for row in grid.strip().splitlines()]
+    expected = [row + [False] * (14 - len(row)) for row in expected]
+    assert mask[0, 0].tolist() == expected
+
+
+def test_augmented_standard_logits_equal_plain_forward_bitwise():
+    model = tiny_model(vocab=50).eval()
+    torch.manual_seed(1)
+    window = torch.randint(5, 50, (2, 41))
+    anchors = torch.stack([torch.randperm(36)[:7].sort().values for _ in range(2)])
+    ids, positions, mask, _, _ = sat_batch(window, anchors, 4, sat_id=4)
+    with torch.no_grad():
+        augmented = model(ids, positions=positions, mask=mask[:, :, 40:], causal_prefix=40)
+        plain = model(window[:, :40])
+        one_mask = model(ids, positions=positions, mask=mask)  # the same layout as one mask
+    assert torch.equal(augmented[:, :40], plain)
+    # with a single masked attention over all T keys, only float summation order differs
+    torch.testing.assert_close(one_mask, augmented, atol=1e-5, rtol=1e-5)
+
+
+def test_sat_logits_equal_decoding_with_a_cache():
+    """A SAT group in training sees what decoding's [cur, S*k] block sees after the
+    cache holds y[0..p-1]: same outputs."""
+    model = tiny_model(vocab=50).eval()
+    window = torch.randint(5, 50, (1, 30), generator=torch.Generator().manual_seed(2))
+    p, k = 17, 4
+    ids, positions, mask, _, _ = sat_batch(window, torch.tensor([[p]]), k, sat_id=4)
+    with torch.no_grad():
+        train_out = model(ids, positions=positions, mask=mask[:, :, 29:], causal_prefix=29)[0, 29:]
+        cache = model.new_cache(64)
+        model(window[:, :p], cache=cache)
+        block = torch.tensor([[int(window[0, p])] + [4] * k])
+        decode_out = model(block, cache=cache)[0, 1:]
+    torch.testing.assert_close(train_out, decode_out, atol=1e-5, rtol=1e-5)
+
+
+def test_self_distillation_labels_are_the_greedy_continuation():
+    teacher = tiny_model(vocab=50, seed=3).eval()
+    window = torch.randint(5, 50, (2, 33), generator=torch.Generator().manual_seed(4))
+    anchors = torch.tensor([[3, 10, 20], [0, 7, 28]])
+    k = 3
+    labels = train_sat.greedy_continuation_labels(teacher, window, anchors, k).view(2, 3, k)
+    for b in range(2):
+        for a, p in enumerate(anchors[b].tolist()):
+            cache = teacher.new_cache(64)
+            prompt = window[b, :p + 1].tolist()
+            out, _ = generate_ar(teacher, cache, prefill(teacher, cache, prompt), k + 1, Warper())
+            assert labels[b, a].tolist() == out[1:], (b, p)
+
+
+# ----------------------------------------------------------------------------- what trains
+
+
+def one_step(data_dir, init_dir, tmp_path, **kw):
+    cfg = small_cfg(data_dir, init_dir, str(tmp_path / "run"), **kw)
+    model, state = train_sat.train(cfg)
+    return load_model(init_dir), model, state
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_freezing_after_an_optimiser_step(data_dir, tmp_path, tied):
+    init = str(tmp_path / "init")
+    save_model(tiny_model(tied=tied), init)
+    before, after, _ = one_step(data_dir, init, tmp_path, steps=2)
+    sat = 4
+    rows = torch.ones(400, dtype=torch.bool)
+    rows[sat] = False
+    assert torch.equal(before.embed_tokens.weight[rows], after.embed_tokens.weight[rows])
+    assert not torch.equal(before.embed_tokens.weight[sat], after.embed_tokens.weight[sat])
+    assert torch.equal(before.norm.weight, after.norm.weight)
+    if not tied:
+        assert torch.equal(before.lm_head.weight, after.lm_head.weight)
+    assert not torch.equal(before.layers[0].mlp.up_proj.weight, after.layers[0].mlp.up_proj.weight)
+    assert after.args.sat_token_id == sat and after.args.sat_k == 3
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_sat_only_leaves_standard_logits_bit_identical(data_dir, tmp_path, tied):
+    init = str(tmp_path / "init")
+    save_model(tiny_model(tied=tied), init)
+    before, after, _ = one_step(data_dir, init, tmp_path, mode="sat-only", steps=3)
+    assert not torch.equal(before.embed_tokens.weight[4], after.embed_tokens.weight[4])
+    x = torch.randint(5, 400, (2, 30), generator=torch.Generator().manual_seed(5))
+    after.eval()
+    with torch.no_grad():
+        a, b = before(x), after(x)
+    keep = torch.ones(400, dtype=torch.bool)
+    if tied:  # the head's SAT row is the SAT embedding row: only the SAT's own logit moves
+        keep[4] = False
+    assert torch.equal(a[..., keep], b[..., keep])
+
+
+def test_appends_a_sat_row_when_there_is_no_spare_id(data_dir, tmp_path):
+    init = str(tmp_path / "init")
+    save_model(tiny_model(sat_id=None, tied=False), init)
+    before, after, _ = one_step(data_dir, init, tmp_path)
+    assert after.args.vocab_size == 401 and after.args.sat_token_id == 400
+    assert after.lm_head.weight.shape[0] == 401
+    torch.testing.assert_close(after.embed_tokens.weight[:400], before.embed_tokens.weight)
+    out = str(tmp_path / "saved")
+    save_model(after, out)
+    assert load_model(out).args.sat_token_id == 400
+
+
+@pytest.mark.parametrize("kw", [dict(std_loss="kl"), dict(sat_labels="self")])
+def test_kl_and_self_distillation_modes_train(data_dir, init_dir, tmp_path, kw):
+    before, after, state = one_step(data_dir, init_dir, tmp_path, steps=2, **kw)
+    assert state["step"] == 2
+    assert not torch.equal(before.layers[1].self_attn.q_proj.weight, after.layers[1].self_attn.q_proj.weight)
+
+
+def test_kl_std_loss_is_zero_at_the_start(data_dir, init_dir):
+    """KL to the frozen starting model vanishes before any update."""
+    cfg = small_cfg(data_dir, init_dir, "unused", std_loss="kl")
+    model = load_model(init_dir)
+    teacher = load_model(init_dir)
+    window = train_sat.TokenData(data_dir).batch(0, cfg)
+    anchors = train_sat.choose_anchors(0, cfg, cfg.seq_len, cfg.batch_size)
+    _, info = train_sat.sat_loss(model, window, anchors, cfg, 4, teacher)
+    assert abs(info["l_std"]) < 1e-6 and info["ce_std"] > 1
+
+
+# ----------------------------------------------------------------------------- DDP
+
+
+def ddp_worker(rank, port, data_dir, init_dir, out_dir):
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    cfg = small_cfg(data_dir, init_dir, out_dir, batch_size=2, steps=2)
+    model, _ = train_sat.train(cfg, torch.device("cpu"), rank, 2)
+    if rank == 0:
+        save_model(model, os.path.join(out_dir, "model"))
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_processes_equal_one_process(data_dir, init_dir, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "ddp")
+    torch.multiprocessing.spawn(ddp_worker, args=(port, data_dir, init_dir, out), nprocs=2)
+    single, _ = train_sat.train(small_cfg(data_dir, init_dir, str(tmp_path / "single"), batch_size=4, steps=2))
+    ddp = load_model(os.path.join(out, "model"))
+    start = load_model(init_dir)
+    for (name, a), b, c in zip(single.named_parameters(), ddp.parameters(), start.parameters()):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, msg=name)
+    assert any(not torch.equal(a, c) for a, c in zip(single.parameters(), start.parameters()))
+
+
+# ----------------------------------------------------------------------------- kill and resume
+
+
+def pretrain_cmd(data_dir, out):
+    return [sys.executable, os.path.join(REPO, "train_sat.py"), "--mode", "pretrain", "--data", data_dir,
+            "--out", out, "--dim", "32", "--n-layers", "2", "--n-heads", "2", "--ffn", "64",
+            "--seq-len", "32", "--batch-size", "4", "--steps", "8", "--warmup", "2", "--log-every", "1",
+            "--eval-every", "1000", "--eval-tokens", "256", "--ckpt-minutes", "0", "--threads", "1"]
+
+
+def losses(text):
+    return {line.split()[1]: line.split()[3] for line in text.splitlines() if line.startswith("step ")}
+
+
+def test_kill_and_resume_continues_with_the_same_data(data_dir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref = subprocess.run(pretrain_cmd(data_dir, str(tmp_path / "ref")), capture_output=True, text=True,
+                         env=env, check=True).stdout
+    out = str(tmp_path / "killed")
+    proc = subprocess.Popen(pretrain_cmd(data_dir, out), stdout=subprocess.PIPE, text=True, env=env)
+    first = ""
+    for line in proc.stdout:
+        first += line
+        if line.startswith("step 4/8"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    second = subprocess.run(pretrain_cmd(data_dir, out), capture_output=True, text=True, env=env,
+                            check=True).stdout
+    resumed_at = int(second.split("resumed from")[1].split("at step")[1].split()[0])
+    assert 3 <= resumed_at <= 5
+    ref_losses, new = losses(ref), losses(second)
+    assert set(new) == {f"{s}/8" for s in range(resumed_at + 1, 9)}
+    assert all(new[s] == ref_losses[s] for s in new)  # same batches, same numbers
+    with safe_open(os.path.join(out, "checkpoint.safetensors"), "pt") as f, \
+            safe_open(str(tmp_path / "ref" / "checkpoint.safetensors"), "pt") as g:
+        for key in g.keys():
+            assert torch.equal(f.get_tensor(key), g.get_tensor(key)), key
