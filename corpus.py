@@ -1,19 +1,26 @@
-"""The demo model's training corpus: Python source that every Python install has.
+"""Training data as token files: the demo model's corpus, or your own for a real model.
 
-    python corpus.py --out data/stdlib            # list, split, train tokenizer, tokenize
+    python corpus.py --out data/stdlib-tests --with-tests          # the demo model's corpus
+    python corpus.py --out data/mycode --root ~/src/project --ext .py .js \\
+        --tokenizer ~/CodeLlama-7b-hf/tokenizer.model                # your files, CodeLlama ids
+    python corpus.py --out data/mydocs --jsonl docs.jsonl --text-field text --tokenizer ...
 
-Files come from the standard library (`sysconfig.get_paths()["stdlib"]`), optionally with
-its test suites. Each file goes to the held-out split when a hash of its path (relative
-to the stdlib) falls in the lowest 5%: deterministic, and a file is never in both splits.
+Documents are source files under a directory (by default this machine's Python standard
+library, `sysconfig.get_paths()["stdlib"]`, without its test suites unless --with-tests)
+or the lines of a JSONL file. A document goes to the held-out split when a hash of its
+name (path relative to the root, or "line N") falls in the lowest 5%: deterministic, and
+never in both splits. Without --tokenizer, a new code tokenizer is trained on the
+training split only.
 
-Output: tokenizer.model, train.bin / val.bin (uint16 token ids; each file is
-<s> ids </s>), and corpus.json (which files, bytes and tokens per split).
+Output: tokenizer.model, train.bin and val.bin (uint16 ids; each document is <s> ids </s>)
+and corpus.json (documents, bytes and tokens per split).
 """
 
 import argparse
 import hashlib
 import json
 import os
+import shutil
 import sysconfig
 import time
 
@@ -22,7 +29,7 @@ import numpy as np
 from tokenizer import Tokenizer, train as train_tokenizer
 
 HELD_OUT_PERCENT = 5
-# Generated tables and tool data that are not code a person wrote.
+# Generated tables and tool data in the stdlib, not code a person wrote.
 SKIP_DIRS = {"site-packages", "encodings", "pydoc_data", "lib2to3", "__pycache__", "idlelib", "turtledemo"}
 TEST_DIRS = {"test", "tests", "idle_test"}
 
@@ -31,8 +38,8 @@ def stdlib_root() -> str:
     return sysconfig.get_paths()["stdlib"]
 
 
-def list_files(root: str, with_tests: bool = False) -> list[str]:
-    """Relative paths of the .py files under root, sorted."""
+def list_files(root: str, with_tests: bool = False, exts=(".py",)) -> list[str]:
+    """Relative paths of the source files under root, sorted."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
@@ -40,13 +47,12 @@ def list_files(root: str, with_tests: bool = False) -> list[str]:
         if parts & SKIP_DIRS or (not with_tests and parts & TEST_DIRS):
             dirnames[:] = []
             continue
-        out += [os.path.normpath(os.path.join(rel_dir, f)) for f in filenames if f.endswith(".py")]
+        out += [os.path.normpath(os.path.join(rel_dir, f)) for f in filenames if f.endswith(tuple(exts))]
     return sorted(out)
 
 
-def is_held_out(rel_path: str) -> bool:
-    h = int(hashlib.sha1(rel_path.encode()).hexdigest(), 16)
-    return h % 100 < HELD_OUT_PERCENT
+def is_held_out(name: str) -> bool:
+    return int(hashlib.sha1(name.encode()).hexdigest(), 16) % 100 < HELD_OUT_PERCENT
 
 
 def read_text(path: str) -> str:
@@ -54,37 +60,57 @@ def read_text(path: str) -> str:
         return f.read()
 
 
-def tokenize_files(tok: Tokenizer, root: str, files: list[str]) -> tuple[np.ndarray, int]:
-    ids, n_bytes = [], 0
-    for rel in files:
-        text = read_text(os.path.join(root, rel))
-        n_bytes += len(text.encode("utf-8"))
-        ids += tok.encode(text, bos=True, eos=True)
-    return np.array(ids, dtype=np.uint16), n_bytes
+def documents(root: str | None, jsonl: str | None, text_field: str, with_tests: bool, exts) -> dict[str, str]:
+    """name -> text, for every document."""
+    if jsonl:
+        docs = {}
+        with open(jsonl, encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                if line.strip():
+                    row = json.loads(line)
+                    if text_field not in row:
+                        raise SystemExit(f"error: {jsonl} line {i + 1} has no field {text_field!r}")
+                    docs[f"line {i + 1}"] = row[text_field]
+        return docs
+    return {rel: read_text(os.path.join(root, rel)) for rel in list_files(root, with_tests, exts)}
 
 
-def build(out: str, vocab_size: int = 8192, with_tests: bool = False, root: str | None = None):
-    root = root or stdlib_root()
+def build(out: str, vocab_size: int = 8192, with_tests: bool = False, root: str | None = None,
+          tokenizer: str | None = None, jsonl: str | None = None, text_field: str = "text", exts=(".py",)):
+    root = None if jsonl else os.path.abspath(root or stdlib_root())
     os.makedirs(out, exist_ok=True)
-    files = list_files(root, with_tests)
-    splits = {"train": [f for f in files if not is_held_out(f)],
-              "val": [f for f in files if is_held_out(f)]}
+    docs = documents(root, jsonl, text_field, with_tests, exts)
+    if not docs:
+        raise SystemExit(f"error: no documents found in {jsonl or root}")
+    splits = {"train": [n for n in docs if not is_held_out(n)], "val": [n for n in docs if is_held_out(n)]}
     t0 = time.time()
-    # The tokenizer sees only training files, so held-out text is truly unseen.
-    train_tokenizer([os.path.join(root, f) for f in splits["train"]],
-                    os.path.join(out, "tokenizer"), vocab_size)
-    tok = Tokenizer(os.path.join(out, "tokenizer.model"))
-    print(f"tokenizer: {tok.vocab_size} pieces in {time.time() - t0:.0f}s")
-    report = {"root": root, "with_tests": with_tests, "held_out_percent": HELD_OUT_PERCENT,
+    model_path = os.path.join(out, "tokenizer.model")
+    if tokenizer:
+        shutil.copy(tokenizer, model_path)
+    else:  # trained on the training split only, so held-out text is truly unseen
+        tmp = os.path.join(out, "train_text.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(docs[n] + "\n" for n in splits["train"])
+        train_tokenizer([tmp], os.path.join(out, "tokenizer"), vocab_size)
+        os.remove(tmp)
+        os.remove(os.path.join(out, "tokenizer.vocab"))
+    tok = Tokenizer(model_path)
+    if tok.vocab_size > 65536:
+        raise SystemExit(f"error: a vocabulary of {tok.vocab_size} does not fit the uint16 token files")
+    print(f"tokenizer: {tok.vocab_size} pieces ({time.time() - t0:.0f}s)")
+    report = {"root": root, "jsonl": jsonl, "with_tests": with_tests, "held_out_percent": HELD_OUT_PERCENT,
               "vocab_size": tok.vocab_size, "splits": {}}
     for name, names in splits.items():
-        ids, n_bytes = tokenize_files(tok, root, names)
-        ids.tofile(os.path.join(out, f"{name}.bin.tmp"))
+        ids, n_bytes = [], 0
+        for n in names:
+            n_bytes += len(docs[n].encode("utf-8"))
+            ids += tok.encode(docs[n], bos=True, eos=True)
+        arr = np.array(ids, dtype=np.uint16)
+        arr.tofile(os.path.join(out, f"{name}.bin.tmp"))
         os.replace(os.path.join(out, f"{name}.bin.tmp"), os.path.join(out, f"{name}.bin"))
-        report["splits"][name] = {"files": len(names), "bytes": n_bytes, "tokens": int(len(ids)),
-                                  "paths": names}
-        print(f"{name}: {len(names)} files, {n_bytes / 1e6:.2f} MB, {len(ids) / 1e6:.2f}M tokens "
-              f"({n_bytes / len(ids):.2f} bytes/token)")
+        report["splits"][name] = {"files": len(names), "bytes": n_bytes, "tokens": len(ids), "paths": names}
+        print(f"{name}: {len(names)} documents, {n_bytes / 1e6:.2f} MB, {len(ids) / 1e6:.2f}M tokens "
+              f"({n_bytes / max(1, len(ids)):.2f} bytes/token)")
     with open(os.path.join(out, "corpus.json"), "w") as f:
         json.dump(report, f, indent=1)
     return report
@@ -92,14 +118,19 @@ def build(out: str, vocab_size: int = 8192, with_tests: bool = False, root: str 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="data/stdlib", help="output directory")
-    p.add_argument("--vocab-size", type=int, default=8192)
-    p.add_argument("--with-tests", action="store_true", help="also use the stdlib test suites")
-    p.add_argument("--root", default=None, help="source tree to use instead of the stdlib")
-    args = p.parse_args()
-    if args.root and not os.path.isdir(args.root):
-        raise SystemExit(f"error: --root {args.root} is not a directory")
-    build(args.out, args.vocab_size, args.with_tests, args.root)
+    p.add_argument("--out", default="data/stdlib-tests", help="output directory")
+    p.add_argument("--root", default=None, help="directory of source files (default: the stdlib)")
+    p.add_argument("--ext", nargs="+", default=[".py"], help="file endings to read under --root")
+    p.add_argument("--with-tests", action="store_true", help="also read test/ and tests/ directories")
+    p.add_argument("--jsonl", default=None, help="a JSONL file of documents instead of --root")
+    p.add_argument("--text-field", default="text", help="the JSONL field holding the text")
+    p.add_argument("--tokenizer", default=None, help="use this tokenizer.model instead of training one")
+    p.add_argument("--vocab-size", type=int, default=8192, help="size of a newly trained tokenizer")
+    a = p.parse_args()
+    for path, what in ((a.root, "--root"), (a.jsonl, "--jsonl"), (a.tokenizer, "--tokenizer")):
+        if path and not os.path.exists(path):
+            raise SystemExit(f"error: {what} {path} does not exist")
+    build(a.out, a.vocab_size, a.with_tests, a.root, a.tokenizer, a.jsonl, a.text_field, a.ext)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import torch
 
 from model import DEFAULT_MODEL, DTYPES, CheckpointError, KVCache, Llama, load_model
 from sampling import Warper, accept_drafts, sample
+from sat import sat_layout
 
 
 
@@ -302,6 +303,99 @@ def generate_sdsat_tree(model: Llama, cache: KVCache, logits: torch.Tensor, max_
     return out.tokens, finish(stats, out)
 
 
+# ----------------------------------------------------------------------------- fused, one step
+
+
+def fused_layout(k: int, device=None):
+    """Position offsets [Tf] and mask [Tf, Tf] of one fused pass: the k + 1 real tokens
+    [cur, d_1 .. d_k], then for each i = 0..k a group of k SATs anchored at real token i.
+    It is the training layout (sat.py) with every real token an anchor."""
+    positions, mask = sat_layout(k + 1, torch.arange(k + 1, device=device)[None], k)
+    return positions[0], mask[0, 0]
+
+
+@torch.inference_mode()
+def generate_fused(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: int, warper: Warper,
+                   k: int, sat_id: int, stop_ids=(), generator=None, on_tokens=None,
+                   trace=None) -> tuple[list[int], Stats]:
+    """One-step fused SDSAT (SDSAT.md section 5): every pass verifies the current drafts and
+    drafts the next ones, for every possible number of accepted drafts at once.
+
+    Each pass feeds the k + 1 real tokens [cur, d_1 .. d_k] and k + 1 groups of k SATs;
+    group i is anchored at real token i (cur or d_i): it sees the cache and the real tokens
+    up to d_i, so it drafts what follows if exactly i drafts are accepted. For k = 2
+    (L = cache length; x = may attend; every row also sees the whole cache):
+
+                 cur  d1  d2 | S   S  | S   S  | S   S
+        position  L  L+1 L+2 | L+1 L+2| L+2 L+3| L+3 L+4
+        cur       x          |        |        |
+        d1        x   x      |        |        |
+        d2        x   x   x  |        |        |
+        group 0   x          | x      |        |          SAT j: guess j+1 after cur
+                  x          | x   x  |        |
+        group 1   x   x      |        | x      |          ... after d1
+                  x   x      |        | x   x  |
+        group 2   x   x   x  |        |        | x
+                  x   x   x  |        |        | x   x
+
+    The real rows give the target distributions; n drafts are accepted as in the two-step
+    loop; the cache is truncated to L + 1 + n (cur and the accepted drafts; every SAT is
+    dropped); group n's outputs are the next drafts. Up to k + 1 tokens per forward pass,
+    for 1 + k + (k + 1) * k tokens fed (36 at k = 5). The first drafts come from one
+    two-step-style draft pass [cur, S * k].
+    """
+    out, stats = Emitter(max_new, stop_ids, on_tokens), Stats(k=k)
+    dev = model.device
+    offsets, block_mask = fused_layout(k, dev)  # built once, reused every pass
+    sats = torch.full((k,), sat_id, device=dev)
+    group_sats = torch.full(((k + 1) * k,), sat_id, device=dev)
+    cur = warper.next_token(logits, generator)
+    if out.emit([int(cur)]):
+        return out.tokens, finish(stats, out)
+    # The first drafts: [cur, S * k] as in the two-step loop.
+    L = cache.length
+    logits = model(torch.cat([cur.view(1), sats])[None], cache=cache)[0]
+    stats.forwards += 1
+    if warper.greedy:
+        drafted = logits.argmax(-1)
+        cur, drafts, q = drafted[0], drafted[1:], None
+    else:
+        probs = warper.probs(logits)
+        cur, q = sample(probs[0], generator), probs[1:]
+        drafts = sample(q, generator)
+    cache.truncate(L + 1)
+    if out.emit([int(cur)]):
+        return out.tokens, finish(stats, out)
+    while True:
+        L = cache.length
+        tokens = torch.cat([cur.view(1), drafts, group_sats])[None]
+        mask = torch.cat([torch.ones(len(offsets), L, dtype=torch.bool, device=dev), block_mask], 1)
+        logits = model(tokens, positions=(L + offsets)[None], mask=mask[None, None], cache=cache)[0]
+        stats.forwards += 1
+        real, groups = logits[:k + 1], logits[k + 1:].view(k + 1, k, -1)  # [k+1, V], [k+1, k, V]
+        d = drafts.tolist()
+        if warper.greedy:
+            h = real.argmax(-1).tolist()
+            n = next((i for i in range(k) if d[i] != h[i]), k)
+            nxt = h[n]
+            drafts = groups[n].argmax(-1)
+        else:
+            n, nxt = accept_drafts(warper.probs(real), q, drafts, generator)
+            nxt = int(nxt)
+            q = warper.probs(groups[n])
+            drafts = sample(q, generator)
+        stats.count(n, k)
+        before = cache.length
+        cache.truncate(L + 1 + n)  # cur and the n accepted drafts; rejected drafts and SATs go
+        if trace:
+            trace(dict(step=f"fused: next drafts from group {n}", cur=int(cur), sats=(k + 1) * k, x=None,
+                       drafts=d, accepted=n, bonus=nxt, cache_before=before, cache_after=cache.length))
+        if out.emit(d[:n] + [nxt]):
+            break
+        cur = torch.tensor(nxt, device=dev)
+    return out.tokens, finish(stats, out)
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -357,7 +451,8 @@ def trace_printer(tok, colour: bool):
         for j, d in enumerate(ev["drafts"]):
             ok = j < ev["accepted"]
             marks.append(f"{green if ok else red}{show(d)}{'✓' if ok else '✗'}{end}")
-        print(f"\n{dim}[{ev['step']}] fed {show(ev['cur'])} + {ev['sats']} SAT | next {show(ev['x'])} | "
+        nxt = "" if ev["x"] is None else f" | next {show(ev['x'])}"
+        print(f"{dim}[{ev['step']}] fed {show(ev['cur'])} + {ev['sats']} SAT{nxt} | "
               f"drafts {' '.join(marks) or '-'} | accepted {ev['accepted']} | bonus {bold}{show(ev['bonus'])}{end}"
               f"{dim} | cache {ev['cache_before']} -> {ev['cache_after']}{end}")
     return trace
@@ -368,7 +463,8 @@ def main():
     p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory (Hugging Face layout)")
     p.add_argument("--prompt", default="def fibonacci(n):\n", help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--method", choices=["ar", "sdsat"], default="ar")
+    p.add_argument("--method", choices=["ar", "sdsat", "fused"], default="ar",
+                   help="ar: one token per forward; sdsat: two-step draft-then-verify; fused: one-step")
     p.add_argument("--k", type=int, default=5, help="SATs (drafts) per step")
     p.add_argument("--tree", action="store_true", help="SDSAT with the depth-5 token tree")
     p.add_argument("--sat-token-id", type=int, default=None, help="default: the config's sat_token_id")
@@ -397,7 +493,8 @@ def main():
     except (FileNotFoundError, OSError, RuntimeError) as e:
         raise SystemExit(f"error: {e}")
     prompt = tok.encode(a.prompt)
-    room = 0 if a.method == "ar" else len(TREE_DEPTH5) + 1 if a.tree else a.k + 1  # the widest block
+    room = {"ar": 0, "sdsat": len(TREE_DEPTH5) + 1 if a.tree else a.k + 1,
+            "fused": 1 + a.k + (a.k + 1) * a.k}[a.method]  # the widest block fed
     need = len(prompt) + a.max_new_tokens + room
     max_len = a.max_len or need
     if need > max_len:
@@ -409,8 +506,10 @@ def main():
     gen = torch.Generator(device=device).manual_seed(a.seed)
     stop = model.args.stop_ids
     cache = model.new_cache(max_len)
-    sys.stdout.write(a.prompt)
-    stream = TextStream(tok)
+    # --trace prints one line per iteration, then the text; otherwise the text streams.
+    stream = None if a.trace else TextStream(tok)
+    if not a.trace:
+        sys.stdout.write(a.prompt)
     t0 = time.perf_counter()
     logits = prefill(model, cache, prompt)
     common = dict(stop_ids=stop, generator=gen, on_tokens=stream)
@@ -420,7 +519,9 @@ def main():
     else:
         sat = resolve_sat_id(model, a.sat_token_id)
         trace = trace_printer(tok, sys.stdout.isatty()) if a.trace else None
-        if a.tree:
+        if a.method == "fused":
+            tokens, stats = generate_fused(model, cache, logits, max_new, warper, a.k, sat, trace=trace, **common)
+        elif a.tree:
             tokens, stats = generate_sdsat_tree(model, cache, logits, max_new, warper, sat,
                                                 build_tree(TREE_DEPTH5, device), trace=trace, **common)
         else:
@@ -428,6 +529,8 @@ def main():
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
+    if a.trace:
+        print(a.prompt + tok.decode(tokens), end="")
     print(f"\n\n[{a.method}{' tree' if a.tree else ''}] {len(tokens)} tokens in {dt:.2f}s "
           f"({len(tokens) / dt:.1f} tok/s incl. prefill), {stats.forwards} decode forwards, "
           f"{stats.tokens_per_forward:.2f} tokens/forward"

@@ -71,6 +71,7 @@ from safetensors.torch import save_file
 
 from model import (CheckpointError, Llama, ModelArgs, atomic_write, init_weights, load_model, save_model,
                    write_json)
+from sat import sat_layout
 
 IGNORE = -100  # label of positions without a target
 
@@ -160,42 +161,17 @@ def choose_anchors(step: int, cfg: TrainConfig, n: int, batch: int, rank: int = 
     return torch.from_numpy(np.stack(rows[rank * batch:(rank + 1) * batch]))
 
 
-def sat_layout(n: int, anchors: torch.Tensor, k: int):
-    """Positions [B, T] and boolean mask [B, 1, T, T] for N standard tokens + |A| groups of k.
-
-    Every token gets three numbers: the last standard index it may see (`sees_upto`), its
-    group (-1 for standard tokens) and its offset j in the group (0 for standard tokens).
-    Then: a column that is a standard token is visible if its index <= sees_upto of the
-    row; a column that is a SAT is visible if it is in the row's group at offset <= the row's.
-    """
-    B, A = anchors.shape
-    T = n + A * k
-    j = torch.arange(1, k + 1).repeat(A).expand(B, -1)  # [B, A*k] offsets 1..k
-    anchor = anchors.repeat_interleave(k, dim=1)  # [B, A*k] each SAT's anchor
-    group = torch.arange(A).repeat_interleave(k).expand(B, -1)
-    std_idx = torch.arange(n).expand(B, -1)
-    positions = torch.cat([std_idx, anchor + j], 1)  # [B, T]
-    sees_upto = torch.cat([std_idx, anchor], 1)  # [B, T]
-    groups = torch.cat([torch.full((B, n), -1), group], 1)
-    offsets = torch.cat([torch.zeros(B, n, dtype=torch.long), j], 1)
-    col = torch.arange(T)
-    std_col = (col < n)[None, None, :] & (col[None, None, :] <= sees_upto[:, :, None])
-    same_group = (groups[:, :, None] == groups[:, None, :]) & (groups[:, :, None] >= 0)
-    sat_col = same_group & (offsets[:, None, :] <= offsets[:, :, None])
-    return positions, (std_col | sat_col)[:, None]
-
-
 def sat_batch(window: torch.Tensor, anchors: torch.Tensor, k: int, sat_id: int):
     """Input ids, positions, mask, labels and offsets for windows [B, N + 1]."""
     B, n = window.shape[0], window.shape[1] - 1
     A = anchors.shape[1]
     positions, mask = sat_layout(n, anchors, k)
-    j = torch.arange(1, k + 1).repeat(A).expand(B, -1)
+    j = torch.arange(1, k + 1, device=window.device).repeat(A).expand(B, -1)
     target = anchors.repeat_interleave(k, dim=1) + 1 + j  # y index of SAT (p, j)'s label
     sat_labels = window.gather(1, target.clamp(max=n)).masked_fill(target > n, IGNORE)
-    ids = torch.cat([window[:, :n], torch.full((B, A * k), sat_id)], 1)
+    ids = torch.cat([window[:, :n], torch.full_like(sat_labels, sat_id)], 1)
     labels = torch.cat([window[:, 1:], sat_labels], 1)
-    offsets = torch.cat([torch.zeros(B, n, dtype=torch.long), j], 1)
+    offsets = torch.cat([torch.zeros_like(window[:, :n]), j], 1)
     return ids, positions, mask, labels, offsets
 
 
@@ -212,7 +188,7 @@ def greedy_continuation_labels(teacher: Llama, window: torch.Tensor, anchors: to
     positions, mask = sat_layout(n, anchors, k)
     logits = teacher(window[:, :n])
     g = [logits.gather(1, anchors[:, :, None].expand(-1, -1, logits.shape[-1])).argmax(-1)]  # g1 [B, A]
-    branch = torch.zeros(B, A, k, dtype=torch.long)
+    branch = torch.zeros(B, A, k, dtype=torch.long, device=window.device)
     for m in range(1, k + 1):
         branch[:, :, m - 1] = g[-1]
         ids = torch.cat([window[:, :n], branch.reshape(B, A * k)], 1)
@@ -281,7 +257,7 @@ def evaluate(model: Llama, data: TokenData, cfg: TrainConfig, max_tokens: int | 
             if sat_id is None:
                 logits = model(w[:, :-1].to(model.device))
             else:
-                anchors = torch.arange(0, n - cfg.k, 8)[None]  # every 8th position
+                anchors = torch.arange(0, n - cfg.k, 8, device=w.device)[None]  # every 8th position
                 ids, positions, mask, labels, offsets = sat_batch(w, anchors, cfg.k, sat_id)
                 logits = model(ids.to(model.device), positions=positions.to(model.device),
                                mask=mask[:, :, n:].to(model.device), causal_prefix=n)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import decode
-from decode import (TREE_DEPTH5, build_tree, generate_ar, generate_sdsat, generate_sdsat_tree,
-                    prefill)
+from decode import (TREE_DEPTH5, build_tree, fused_layout, generate_ar, generate_fused, generate_sdsat,
+                    generate_sdsat_tree, prefill)
 from model import KVCache, Llama, ModelArgs, init_weights
 from sampling import Warper, sample
 
@@ -40,6 +40,8 @@ def run(model, prompt, method, max_new, warper=Warper(), k=3, stop_ids=(), seed=
         out = generate_ar(model, cache, logits, max_new, warper, stop_ids, gen)
     elif method == "sdsat":
         out = generate_sdsat(model, cache, logits, max_new, warper, k, sat, stop_ids, gen, trace=trace)
+    elif method == "fused":
+        out = generate_fused(model, cache, logits, max_new, warper, k, sat, stop_ids, gen, trace=trace)
     else:
         out = generate_sdsat_tree(model, cache, logits, max_new, warper, sat, build_tree(TREE_DEPTH5),
                                   stop_ids, gen, trace=trace)
@@ -207,8 +209,55 @@ def test_stop_ids_random_model_match_ar():
     full, _, _ = run(model, PROMPT, "ar", 40)
     for stop in set(full):
         ar, _, _ = run(model, PROMPT, "ar", 40, stop_ids=[stop])
-        for method in ("sdsat", "tree"):
+        for method in ("sdsat", "tree", "fused"):
             assert run(model, PROMPT, method, 40, k=4, stop_ids=[stop])[0] == ar
+
+
+# ----------------------------------------------------------------------------- fused
+
+
+@pytest.mark.parametrize("k", range(1, 7))
+def test_fused_greedy_equals_ar(k):
+    seen = set()
+    for seed in range(3):
+        model = tiny_model(vocab=8, seed=seed)
+        ar, _, _ = run(model, PROMPT, "ar", 60)
+        fu, stats, _ = run(model, PROMPT, "fused", 60, k=k)
+        assert fu == ar
+        seen |= set(stats.accepted)
+    assert len(seen) >= min(3, k + 1)  # rejections and acceptances both happen
+
+
+def test_fused_layout_k2():
+    offsets, mask = fused_layout(2)
+    assert offsets.tolist() == [0, 1, 2, 1, 2, 2, 3, 3, 4]
+    rows = ["x........", "xx.......", "xxx......", "x..x.....", "x..xx....",
+            "xx...x...", "xx...xx..", "xxx....x.", "xxx....xx"]
+    assert mask.tolist() == [[c == "x" for c in r] for r in rows]
+
+
+def test_fused_cache_after_each_pass_equals_refeeding():
+    model = tiny_model(vocab=8, seed=2)
+    k, emitted = 3, []
+
+    def check(ev):
+        # after the pass: cache = prompt + every emitted token except the bonus (the new cur)
+        ref = model.new_cache(256)
+        with torch.no_grad():
+            model(torch.tensor([PROMPT + emitted + ev["drafts"][:ev["accepted"]]]), cache=ref)
+        assert cache.length == ref.length
+        for layer in range(model.args.num_hidden_layers):
+            torch.testing.assert_close(cache.k[layer][:, :, :ref.length], ref.k[layer][:, :, :ref.length],
+                                       atol=1e-5, rtol=1e-5)
+        checks.append(ev["accepted"])
+
+    checks = []
+    cache = model.new_cache(256)
+    gen = torch.Generator().manual_seed(0)
+    logits = prefill(model, cache, PROMPT)
+    tokens, _ = generate_fused(model, cache, logits, 40, Warper(), k, model.args.sat_token_id, generator=gen,
+                               on_tokens=emitted.extend, trace=check)
+    assert len(checks) > 5 and max(checks) > 0
 
 
 # ----------------------------------------------------------------------------- tree
@@ -239,7 +288,7 @@ def test_tree_greedy_equals_ar():
         assert max(stats.accepted) >= 2  # a 10-token vocabulary: the tree does accept
 
 
-@pytest.mark.parametrize("method", ["sdsat", "tree"])
+@pytest.mark.parametrize("method", ["sdsat", "tree", "fused"])
 def test_cache_after_decoding_equals_refeeding(method):
     """After decoding (with truncation or tree compaction), the cache holds exactly what
     feeding prompt + emitted tokens (all but the last, which is `cur`) from scratch gives."""
@@ -314,6 +363,8 @@ def sampled_tokens23_counts(model, prompt, method, warper, sat_id, k=2):
         cache.truncate(len(prompt))  # back to "just prefilled": later slots get overwritten
         if method == "sdsat":
             out, _ = generate_sdsat(model, cache, logits, 3, warper, k, sat_id, generator=gen)
+        elif method == "fused":
+            out, _ = generate_fused(model, cache, logits, 3, warper, k, sat_id, generator=gen)
         else:
             out, _ = generate_sdsat_tree(model, cache, logits, 3, warper, sat_id, SMALL_TREE, generator=gen)
         counts[tuple(out[1:3])] = counts.get(tuple(out[1:3]), 0) + 1
@@ -328,7 +379,7 @@ def sampling_model():
 SAMPLING_PROMPT = [1, 0, 2]
 
 
-@pytest.mark.parametrize("method", ["sdsat", "tree"])
+@pytest.mark.parametrize("method", ["sdsat", "tree", "fused"])
 @pytest.mark.parametrize("drafts", ["own", "bad"])
 def test_sdsat_sampling_matches_ar_distribution(method, drafts):
     model = sampling_model()
