@@ -116,6 +116,34 @@ def generate_ar(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: int
 # ----------------------------------------------------------------------------- SDSAT, chain
 
 
+def split_draft(warper: Warper, logits: torch.Tensor, generator=None):
+    """Outputs [1 + k, V] of [cur, S * k] -> (x, drafts [k], q [k, V] or None).
+
+    Output 0 is the exact next token x; output j is a guess j + 1 tokens ahead. Greedy
+    takes argmaxes; sampling draws x from the target and each draft from its SAT's
+    distribution q_j (which the verification needs)."""
+    if warper.greedy:
+        drafted = logits.argmax(-1)
+        return drafted[0], drafted[1:], None
+    probs = warper.probs(logits)
+    return sample(probs[0], generator), sample(probs[1:], generator), probs[1:]
+
+
+def verify(warper: Warper, logits: torch.Tensor, drafts: torch.Tensor, q, generator=None):
+    """Target outputs [1 + k, V] at [x or cur, d_1 .. d_k] -> (n accepted, next token, drafts list).
+
+    Greedy: n = the longest prefix of drafts equal to the model's own argmax, and the next
+    token is the argmax after them. Sampling: the speculative rule of sampling.accept_drafts."""
+    d = drafts.tolist()
+    if warper.greedy:
+        h = logits.argmax(-1).tolist()
+        n = next((i for i in range(len(d)) if d[i] != h[i]), len(d))
+        return n, h[n], d
+    n, nxt = accept_drafts(warper.probs(logits), q, drafts, generator)
+    return n, int(nxt), d
+
+
+
 @torch.inference_mode()
 def generate_sdsat(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: int, warper: Warper,
                    k: int, sat_id: int, stop_ids=(), generator=None, on_tokens=None,
@@ -138,28 +166,14 @@ def generate_sdsat(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: 
         # 1. Draft: [cur, S * k]. Output 0 is exact; output j is a guess j + 1 tokens ahead.
         logits = model(torch.cat([cur.view(1), sats])[None], cache=cache)[0]  # [1 + k, V]
         stats.forwards += 1
-        if warper.greedy:
-            drafted = logits.argmax(-1)  # [1 + k]
-            x, drafts, q = drafted[0], drafted[1:], None
-        else:
-            probs = warper.probs(logits)
-            x, q = sample(probs[0], generator), probs[1:]
-            drafts = sample(q, generator)  # [k]
+        x, drafts, q = split_draft(warper, logits, generator)
         cache.truncate(L + 1)  # keep cur; the SATs must never be seen by a real token
         if out.emit([int(x)]):
             break
         # 2. Verify: [x, d_1 .. d_k] gives the target distribution at every draft's slot.
         logits = model(torch.cat([x.view(1), drafts])[None], cache=cache)[0]  # [1 + k, V]
         stats.forwards += 1
-        if warper.greedy:
-            h = logits.argmax(-1).tolist()
-            d = drafts.tolist()
-            n = next((i for i in range(k) if d[i] != h[i]), k)
-            nxt = h[n]
-        else:
-            n, nxt = accept_drafts(warper.probs(logits), q, drafts, generator)
-            nxt = int(nxt)
-            d = drafts.tolist()
+        n, nxt, d = verify(warper, logits, drafts, q, generator)
         stats.count(n, k)
         before = cache.length
         cache.truncate(L + 2 + n)  # keep cur, x and the n accepted drafts
@@ -356,13 +370,7 @@ def generate_fused(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: 
     L = cache.length
     logits = model(torch.cat([cur.view(1), sats])[None], cache=cache)[0]
     stats.forwards += 1
-    if warper.greedy:
-        drafted = logits.argmax(-1)
-        cur, drafts, q = drafted[0], drafted[1:], None
-    else:
-        probs = warper.probs(logits)
-        cur, q = sample(probs[0], generator), probs[1:]
-        drafts = sample(q, generator)
+    cur, drafts, q = split_draft(warper, logits, generator)
     cache.truncate(L + 1)
     if out.emit([int(cur)]):
         return out.tokens, finish(stats, out)
@@ -373,15 +381,10 @@ def generate_fused(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: 
         logits = model(tokens, positions=(L + offsets)[None], mask=mask[None, None], cache=cache)[0]
         stats.forwards += 1
         real, groups = logits[:k + 1], logits[k + 1:].view(k + 1, k, -1)  # [k+1, V], [k+1, k, V]
-        d = drafts.tolist()
-        if warper.greedy:
-            h = real.argmax(-1).tolist()
-            n = next((i for i in range(k) if d[i] != h[i]), k)
-            nxt = h[n]
+        n, nxt, d = verify(warper, real, drafts, q, generator)
+        if warper.greedy:  # group n drafts what follows the n accepted drafts
             drafts = groups[n].argmax(-1)
         else:
-            n, nxt = accept_drafts(warper.probs(real), q, drafts, generator)
-            nxt = int(nxt)
             q = warper.probs(groups[n])
             drafts = sample(q, generator)
         stats.count(n, k)
@@ -462,6 +465,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory (Hugging Face layout)")
     p.add_argument("--prompt", default="def fibonacci(n):\n", help="text to continue")
+    p.add_argument("--suffix", default=None,
+                   help="CodeLlama infilling: write the middle between --prompt and this suffix")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--method", choices=["ar", "sdsat", "fused"], default="ar",
                    help="ar: one token per forward; sdsat: two-step draft-then-verify; fused: one-step")
@@ -492,7 +497,15 @@ def main():
         tok = Tokenizer(a.model)
     except (FileNotFoundError, OSError, RuntimeError) as e:
         raise SystemExit(f"error: {e}")
-    prompt = tok.encode(a.prompt)
+    stop = list(model.args.stop_ids)
+    if a.suffix is not None:
+        try:
+            prompt = tok.encode_infill(a.prompt, a.suffix)
+        except ValueError as e:
+            raise SystemExit(f"error: --suffix: {e}")
+        stop.append(tok.eot_id)  # the middle ends with ▁<EOT>
+    else:
+        prompt = tok.encode(a.prompt)
     room = {"ar": 0, "sdsat": len(TREE_DEPTH5) + 1 if a.tree else a.k + 1,
             "fused": 1 + a.k + (a.k + 1) * a.k}[a.method]  # the widest block fed
     need = len(prompt) + a.max_new_tokens + room
@@ -504,7 +517,6 @@ def main():
         print(f"warning: {max_len} positions exceed the model's max_position_embeddings "
               f"{model.args.max_position_embeddings}; quality may drop", file=sys.stderr)
     gen = torch.Generator(device=device).manual_seed(a.seed)
-    stop = model.args.stop_ids
     cache = model.new_cache(max_len)
     # --trace prints one line per iteration, then the text; otherwise the text streams.
     stream = None if a.trace else TextStream(tok)

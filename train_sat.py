@@ -246,35 +246,36 @@ def offset_weights(cfg: TrainConfig) -> list[float]:
 
 @torch.no_grad()
 def evaluate(model: Llama, data: TokenData, cfg: TrainConfig, max_tokens: int | None, sat_id=None) -> dict:
-    """Held-out CE (nats/token) and bits per byte; with a SAT id, SAT top-1 accuracy per j."""
+    """Held-out CE of the standard tokens (nats/token) and bits per byte, over the first
+    max_tokens (None: all); with a SAT id also SAT top-1 accuracy per offset j, over at
+    most cfg.eval_tokens (anchors at every 8th position)."""
     was_training = model.training
     model.eval()
+    dev = model.device
+    autocast = torch.autocast(dev.type, torch.bfloat16, enabled=cfg.bf16)
     total, count = 0.0, 0
-    hits, seen = [0] * cfg.k, [0] * cfg.k
     for w in data.val_windows(cfg.seq_len, max_tokens):
-        n = w.shape[1] - 1
-        with torch.autocast("cpu", torch.bfloat16, enabled=cfg.bf16 and model.device.type == "cpu"):
-            if sat_id is None:
-                logits = model(w[:, :-1].to(model.device))
-            else:
-                anchors = torch.arange(0, n - cfg.k, 8, device=w.device)[None]  # every 8th position
-                ids, positions, mask, labels, offsets = sat_batch(w, anchors, cfg.k, sat_id)
-                logits = model(ids.to(model.device), positions=positions.to(model.device),
-                               mask=mask[:, :, n:].to(model.device), causal_prefix=n)
-                pred = logits[0, n:].argmax(-1).cpu()
-                for j in range(1, cfg.k + 1):
-                    sel = offsets[0, n:] == j
-                    hits[j - 1] += int((pred[sel] == labels[0, n:][sel]).sum())
-                    seen[j - 1] += int(sel.sum())
-                logits = logits[:, :n]
-        total += F.cross_entropy(logits[0].float(), w[0, 1:].to(model.device), reduction="sum").item()
-        count += n
-    model.train(was_training)
+        with autocast:
+            logits = model(w[:, :-1].to(dev))
+        total += F.cross_entropy(logits[0].float(), w[0, 1:].to(dev), reduction="sum").item()
+        count += w.shape[1] - 1
     val = data.meta["splits"]["val"]
-    ce = total / count
-    out = {"val_loss": ce, "val_bpb": ce * val["tokens"] / val["bytes"] / math.log(2), "val_tokens": count}
+    out = {"val_loss": total / count, "val_tokens": count,
+           "val_bpb": total / count * val["tokens"] / val["bytes"] / math.log(2)}
     if sat_id is not None:
-        out["sat_top1"] = [h / max(1, s) for h, s in zip(hits, seen)]
+        hits, seen = torch.zeros(cfg.k), torch.zeros(cfg.k)
+        for w in data.val_windows(cfg.seq_len, cfg.eval_tokens):
+            n = w.shape[1] - 1
+            anchors = torch.arange(0, n - cfg.k, 8)[None]
+            ids, positions, mask, labels, offsets = sat_batch(w, anchors, cfg.k, sat_id)
+            with autocast:
+                logits = model(ids.to(dev), positions=positions.to(dev), mask=mask[:, :, n:].to(dev),
+                               causal_prefix=n)
+            right = (logits[0, n:].argmax(-1).cpu() == labels[0, n:]).float()
+            hits += right.view(-1, cfg.k).sum(0)
+            seen += right.numel() // cfg.k
+        out["sat_top1"] = (hits / seen).tolist()
+    model.train(was_training)
     return out
 
 
@@ -494,6 +495,8 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
             detail = "  ".join(f"{k} {v:.3f}" for k, v in info_sum.items())
             log(f"step {done}/{cfg.steps}  {detail}  lr {lr:.2e}  {rate:.0f} tok/s  "
                 f"elapsed {fmt_time(state['elapsed'])}  eta {fmt_time(eta)}", flush=True)
+        if rank == 0 and done == cfg.steps:
+            save_checkpoint(ckpt_path, model, opt, state)  # before the long final evaluation
         if rank == 0 and (done % cfg.eval_every == 0 or done == cfg.steps):
             ev = evaluate(model, data, cfg, None if done == cfg.steps else cfg.eval_tokens, sat_id)
             state["log"].append({"step": done, **info_sum, **ev, "elapsed": state["elapsed"]})
