@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import torch
 
 from corpus import read_text, stdlib_root
-from decode import (TREE_DEPTH5, Stats, build_tree, generate_ar, generate_sdsat, generate_sdsat_tree,
-                    load_or_exit, pick_device, prefill, resolve_sat_id)
+from decode import (TREE_DEPTH5, Stats, build_tree, generate_ar, generate_fused, generate_sdsat,
+                    generate_sdsat_tree, load_or_exit, pick_device, prefill, resolve_sat_id)
 from model import DEFAULT_MODEL, DTYPES, Llama
 from sampling import Warper
 from tokenizer import Tokenizer
@@ -43,15 +43,14 @@ from tokenizer import Tokenizer
 @dataclass(frozen=True)
 class Method:
     name: str
-    kind: str  # "ar", "chain" or "tree"
+    kind: str  # "ar", "chain", "tree" or "fused"
     k: int = 0
     warper: Warper = Warper()
 
 
-def methods_for(ks: list[int], sampling: bool, tree: bool) -> list[Method]:
+def methods_for(ks: list[int], fused_ks: list[int], sampling: bool) -> list[Method]:
     out = [Method("ar", "ar")] + [Method(f"sdsat k={k}", "chain", k) for k in ks]
-    if tree:
-        out.append(Method("sdsat tree", "tree", 5))
+    out += [Method("sdsat tree", "tree", 5)] + [Method(f"fused k={k}", "fused", k) for k in fused_ks]
     if sampling:
         for t in (0.2, 1.0):
             w = Warper(temperature=t, top_p=0.95)
@@ -112,7 +111,7 @@ def now(device: torch.device) -> float:
 def run_once(model: Llama, prompt: list[int], m: Method, max_new: int, sat_id: int | None,
              stop_ids, seed: int, tree) -> dict:
     dev = model.device
-    cache = model.new_cache(len(prompt) + max_new + tree.size + 1)
+    cache = model.new_cache(len(prompt) + max_new + max(tree.size, 1 + m.k + (m.k + 1) * m.k) + 1)
     gen = torch.Generator(device=dev).manual_seed(seed)
     t0 = now(dev)
     logits = prefill(model, cache, prompt)
@@ -121,6 +120,8 @@ def run_once(model: Llama, prompt: list[int], m: Method, max_new: int, sat_id: i
         tokens, stats = generate_ar(model, cache, logits, max_new, m.warper, stop_ids, gen)
     elif m.kind == "chain":
         tokens, stats = generate_sdsat(model, cache, logits, max_new, m.warper, m.k, sat_id, stop_ids, gen)
+    elif m.kind == "fused":
+        tokens, stats = generate_fused(model, cache, logits, max_new, m.warper, m.k, sat_id, stop_ids, gen)
     else:
         tokens, stats = generate_sdsat_tree(model, cache, logits, max_new, m.warper, sat_id, tree, stop_ids, gen)
     t2 = now(dev)
@@ -154,6 +155,25 @@ def repeated_ngram_fraction(tokens: list[int], n: int = 4) -> float:
         repeats += g in seen
         seen.add(g)
     return repeats / max(1, len(grams))
+
+
+# ----------------------------------------------------------------------------- quality
+
+SHORT_PROMPTS = ["def fibonacci(n):\n", "import os\nimport sys\n\n\ndef main(", "class Stack:\n    def __init__(self):\n",
+                 "    for i in range(len(items)):\n", "def read_config(path):\n    \"\"\""]
+
+
+@torch.inference_mode()
+def quality(model: Llama, tok: Tokenizer, heldout: list[list[int]], new_tokens: int = 128) -> dict:
+    """Greedy completions of short prompts (to read), and how repetitive greedy
+    continuations of held-out prompts are (loops inflate draft acceptance)."""
+    def greedy(prompt_ids):
+        cache = model.new_cache(len(prompt_ids) + new_tokens)
+        return generate_ar(model, cache, prefill(model, cache, prompt_ids), new_tokens, Warper(),
+                           model.args.stop_ids)[0]
+    samples = [{"prompt": p, "completion": tok.decode(greedy(tok.encode(p))[:64])} for p in SHORT_PROMPTS]
+    reps = [repeated_ngram_fraction(greedy(ids)) for ids in heldout]
+    return {"samples": samples, "repeated_4gram_fraction": statistics.mean(reps), "per_prompt": reps}
 
 
 # ----------------------------------------------------------------------------- the benchmark
@@ -198,7 +218,9 @@ def summarise(methods: list[Method], runs: dict) -> dict:
             "prefill_s_mean": statistics.mean(r["prefill_s"] for r in rs),
             "tokens_per_s": rate, "speedup": rate / ar_rate,
             "forwards": forwards, "tokens_per_forward": (new - len(rs)) / max(1, forwards),
-            "ceiling": 1 if m.kind == "ar" else (k + 2) / 2 if m.kind == "chain" else None,
+            "ceiling": {"ar": 1, "chain": (k + 2) / 2, "fused": k + 1}.get(m.kind),
+            "tokens_fed_per_forward": {"ar": 1, "chain": 1 + k, "tree": 1 + len(TREE_DEPTH5),
+                                       "fused": 1 + k + (k + 1) * k}[m.kind],
             "accepted_per_iter": sum(accepted) / max(1, len(accepted)) if m.kind != "ar" else None,
             "accepted_per_iter_less_repetitive_half": (sum(low_rep) / max(1, len(low_rep))
                                                        if m.kind != "ar" else None),
@@ -216,15 +238,15 @@ def markdown(results: dict) -> str:
         for set_name, rows in res["sets"].items():
             lines += [f"\n**{set_name}, {dtype}** (repeated 4-grams in AR output: "
                       f"{rows['_repeated_4gram_fraction_ar']:.1%})\n",
-                      "| method | tok/s | speedup | acc/it | acc/it (less repetitive half) | tok/fwd | ceiling | exact | prefill ms |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+                      "| method | tok/s | speedup | acc/it | acc/it (less repetitive half) | tok/fwd | ceiling | fed/fwd | exact | prefill ms |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
             for name, r in rows.items():
                 if name.startswith("_"):
                     continue
                 f = lambda v, fmt: "-" if v is None else format(v, fmt)
                 lines.append(f"| {name} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}x | "
                              f"{f(r['accepted_per_iter'], '.2f')} | {f(r['accepted_per_iter_less_repetitive_half'], '.2f')} | "
-                             f"{r['tokens_per_forward']:.2f} | {f(r['ceiling'], '.1f')} | "
+                             f"{r['tokens_per_forward']:.2f} | {f(r['ceiling'], '.1f')} | {r['tokens_fed_per_forward']} | "
                              f"{'-' if r['exact_match'] is None else str(r['exact_match']) + '/' + str(r['prompts'])} | "
                              f"{1000 * r['prefill_s_mean']:.1f} |")
         lat = res["forward_latency_s"]
@@ -285,30 +307,45 @@ def main():
     p.add_argument("--n-prompts", type=int, default=None, help="prompts per set (quick: 6, full: 82)")
     p.add_argument("--prompt-tokens", type=int, default=192, help="held-out prompt length")
     p.add_argument("--max-new-tokens", type=int, default=None, help="quick: 96, full: 256")
-    p.add_argument("--k", type=int, nargs="+", default=None, help="SAT counts to sweep (default 1..8)")
+    p.add_argument("--k", type=int, nargs="+", default=None, help="SAT counts to sweep (quick: 1 3 5 8; full: 1..8)")
+    p.add_argument("--fused-k", type=int, nargs="+", default=None, help="k for the fused method (quick: 3; full: 1..6)")
     p.add_argument("--no-sampling", action="store_true", help="skip the sampling methods")
     p.add_argument("--full", action="store_true", help="every prompt and method")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench_results", help="directory for bench.json and plots")
+    p.add_argument("--quality", action="store_true",
+                   help="instead: five greedy completions and the repeated 4-gram fraction of held-out continuations")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    n_prompts = a.n_prompts or (82 if a.full else 6)
+    n_prompts = a.n_prompts or (82 if a.full else 5)
     max_new = a.max_new_tokens or (256 if a.full else 96)
-    ks = a.k or (list(range(1, 9)) if a.full else [1, 2, 3, 4, 5, 6, 8])
+    ks = a.k or (list(range(1, 9)) if a.full else [1, 3, 5, 8])
+    fused_ks = a.fused_k or (list(range(1, 7)) if a.full else [3])
     device = pick_device(a.device)
     tok = Tokenizer(a.model) if os.path.isfile(os.path.join(a.model, "tokenizer.model")) else None
     if tok is None:
         raise SystemExit(f"error: {a.model} has no tokenizer.model")
     tree = build_tree(TREE_DEPTH5, device)
-    methods = methods_for(ks, sampling=a.full or not a.no_sampling, tree=True)
+    methods = methods_for(ks, fused_ks, sampling=a.full or not a.no_sampling)
     texts = {}
     if "heldout" in a.prompts:
         texts["heldout"] = heldout_prompts(a.model, tok, n_prompts, a.prompt_tokens)
     if "humaneval" in a.prompts:
         texts["humaneval"] = humaneval_prompts(n_prompts)
     encoded = {name: [tok.encode(t["text"]) for t in items] for name, items in texts.items()}
+    if a.quality:
+        model = load_or_exit(a.model, device, DTYPES[a.dtype[0]])
+        q = quality(model, tok, encoded.get("heldout") or next(iter(encoded.values())))
+        for s in q["samples"]:
+            print(f"--- prompt {s['prompt']!r}\n{s['prompt']}{s['completion']}\n")
+        print(f"repeated 4-grams in 128-token greedy continuations of {len(q['per_prompt'])} held-out prompts: "
+              f"{q['repeated_4gram_fraction']:.1%}")
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, "quality.json"), "w") as f:
+            json.dump(q, f, indent=1)
+        return
     results = {}
     for dtype in a.dtype:
         t0 = time.perf_counter()
@@ -321,7 +358,8 @@ def main():
                   f"{model.args.max_position_embeddings}", file=sys.stderr)
         print(f"{dtype}: loaded in {load_s:.1f}s (peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB); "
               f"{len(methods)} methods x {sum(map(len, encoded.values()))} prompts x {max_new} tokens", file=sys.stderr)
-        lat = forward_latency(model, sorted({1, 2, 4, 8, 16, tree.size} | {1 + k for k in ks}))
+        lat = forward_latency(model, sorted({1, 2, 4, 8, 16, tree.size} | {1 + k for k in ks}
+                                            | {1 + k + (k + 1) * k for k in fused_ks}))
         ar_runs = [run_once(model, encoded[next(iter(encoded))][0], Method("ar", "ar"), 64, sat_id, [], 0, tree)
                    for _ in range(3)]
         res = {"load_s": load_s, "forward_latency_s": lat,

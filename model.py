@@ -158,20 +158,21 @@ class KVCache:
             raise ValueError(f"cannot truncate a cache of length {self.length} to {n}")
         self.length = n
 
-    def compact(self, keep: list[int] | torch.Tensor):
+    def compact(self, keep: list[int]):
         """Gather the slots `keep` (ascending) into contiguous slots starting at keep[0].
 
         Used after tree verification, where the accepted path is scattered over the block:
 
             before compact([5, 7, 10]):  | p p p p p r a b c d e f |   length = 12
-            after:                       | p p p p p r c f . . . . |   length = 8
+            after:                       | p p p p p r b e . . . . |   length = 8
 
         Slots before keep[0] are untouched; the new length is keep[0] + len(keep).
         """
-        idx = torch.as_tensor(keep, device=self.k[0].device, dtype=torch.long)
-        first = int(idx[0])
-        if first < 0 or int(idx[-1]) >= self.length or bool((idx[1:] <= idx[:-1]).any()):
+        keep = [int(i) for i in keep]  # checked on the host: no device sync
+        if not keep or keep[0] < 0 or keep[-1] >= self.length or any(b <= a for a, b in zip(keep, keep[1:])):
             raise ValueError(f"compact needs ascending slots inside [0, {self.length}), got {keep}")
+        first = keep[0]
+        idx = torch.tensor(keep, device=self.k[0].device)
         for cache in (self.k, self.v):
             for layer in range(len(cache)):
                 cache[layer][:, :, first:first + len(idx)] = cache[layer].index_select(2, idx)

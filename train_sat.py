@@ -437,6 +437,8 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
     if cfg.mode != "pretrain":
         if cfg.std_loss == "kl" or cfg.sat_labels == "self":
             teacher = copy.deepcopy(model).eval().requires_grad_(False)  # the frozen start
+            if cfg.bf16:  # it only runs under bf16 autocast: half the memory, same matmuls
+                teacher = teacher.to(torch.bfloat16)
         sat_id = setup_sat(model, cfg)
     opt = make_optimizer(model, cfg)
     trainable = sum(p.numel() for n, p in model.named_parameters()
@@ -452,7 +454,8 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
     elif rank == 0:
         os.makedirs(cfg.out, exist_ok=True)
         state["start"] = evaluate(model, data, cfg, cfg.eval_tokens, sat_id) if cfg.mode != "pretrain" else {}
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    # gradient_as_bucket_view: DDP's all-reduce buckets are the .grad tensors, not a copy.
+    ddp = torch.nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=True) if world > 1 else model
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len * world
     log(f"{cfg.mode}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters "
         f"({trainable / 1e6:.2f}M trainable), {tokens_per_step} tokens/step x {cfg.steps} steps, "
