@@ -422,6 +422,9 @@ def resolve_sat_id(model: Llama, sat_id: int | None) -> int:
                          "(SDSAT needs a model fine-tuned with semantic adaptive tokens)")
     if not 0 <= sat_id < model.args.vocab_size:
         raise SystemExit(f"error: SAT id {sat_id} is outside the vocabulary (0..{model.args.vocab_size - 1})")
+    if model.args.sat_k is None:
+        print("warning: this model was not fine-tuned with SATs (its config has no sat_k): "
+              "drafts will rarely be accepted", file=sys.stderr)
     return sat_id
 
 
