@@ -1,0 +1,44 @@
+"""bench.py's bookkeeping: the numbers it reports are computed from the runs it makes."""
+
+import torch
+
+import bench
+from decode import TREE_DEPTH5, build_tree
+from model import Llama, ModelArgs, init_weights
+from sampling import Warper
+
+
+def tiny_model() -> Llama:
+    torch.manual_seed(0)
+    model = Llama(ModelArgs(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            vocab_size=10, sat_token_id=9, eos_token_id=None))
+    init_weights(model, std=0.5)
+    return model.eval()
+
+
+def test_repeated_ngram_fraction():
+    assert bench.repeated_ngram_fraction([1, 2, 3, 4, 5, 6]) == 0
+    # 1 2 3 4 | 1 2 3 4: grams (1234)(2341)(3412)(4123)(1234) -> one repeat of five
+    assert bench.repeated_ngram_fraction([1, 2, 3, 4, 1, 2, 3, 4]) == 1 / 5
+    assert bench.repeated_ngram_fraction([7] * 10) == 6 / 7
+
+
+def test_summary_is_consistent_with_the_runs():
+    model = tiny_model()
+    methods = [bench.Method("ar", "ar"), bench.Method("sdsat k=2", "chain", 2), bench.Method("sdsat tree", "tree", 5),
+               bench.Method("fused k=2", "fused", 2), bench.Method("sdsat k=2 T=1", "chain", 2, Warper(1.0))]
+    prompts = {"p": [[1, 2, 3, 4], [5, 6, 7, 1, 2]]}
+    res = bench.bench_dtype(model, prompts, methods, 24, 9, [], build_tree(TREE_DEPTH5), seed=0)["p"]
+    assert res["ar"]["speedup"] == 1.0 and res["ar"]["tokens_per_forward"] == 1.0
+    for name in ("sdsat k=2", "sdsat tree", "fused k=2"):
+        r = res[name]
+        assert r["exact_match"] == 2  # float32 greedy: identical to autoregressive
+        assert r["new_tokens"] == 48
+        assert abs(r["tokens_per_forward"] - (48 - 2) / r["forwards"]) < 1e-12
+        assert abs(r["speedup"] - r["tokens_per_s"] / res["ar"]["tokens_per_s"]) < 1e-12
+    assert res["sdsat k=2"]["ceiling"] == 2.0 and res["fused k=2"]["ceiling"] == 3
+    assert res["fused k=2"]["tokens_fed_per_forward"] == 1 + 2 + 3 * 2
+    assert res["sdsat k=2 T=1"]["exact_match"] is None  # sampling: no exact-match claim
+    # two-step: 2 forwards per iteration, 2 + accepted tokens per iteration
+    r = res["sdsat k=2"]
+    assert 1 <= r["tokens_per_forward"] <= r["ceiling"]
