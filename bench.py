@@ -327,6 +327,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--sat-token-id", type=int, default=None, help="default: the config's sat_token_id")
     p.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES))
     p.add_argument("--prompts", nargs="+", default=["heldout", "humaneval"], choices=["heldout", "humaneval"])
     p.add_argument("--n-prompts", type=int, default=None, help="prompts per set (quick: 6, full: 82)")
@@ -376,7 +377,7 @@ def main():
         t0 = time.perf_counter()
         model = load_or_exit(a.model, device, DTYPES[dtype])
         load_s = time.perf_counter() - t0
-        sat_id = resolve_sat_id(model, None)
+        sat_id = resolve_sat_id(model, a.sat_token_id)
         longest = max(len(e) for v in encoded.values() for e in v) + max_new + tree.size + 1
         if longest > model.args.max_position_embeddings:
             print(f"note: up to {longest} positions, beyond max_position_embeddings "

@@ -416,15 +416,15 @@ def load_or_exit(path: str, device, dtype) -> Llama:
 
 
 def resolve_sat_id(model: Llama, sat_id: int | None) -> int:
+    if sat_id is None and model.args.sat_token_id is not None and model.args.sat_k is None:
+        print("warning: this model's config reserves a SAT id but records no SAT fine-tuning (sat_k): "
+              "drafts will rarely be accepted", file=sys.stderr)
     sat_id = model.args.sat_token_id if sat_id is None else sat_id
     if sat_id is None:
         raise SystemExit("error: this model's config.json has no sat_token_id: pass --sat-token-id "
                          "(SDSAT needs a model fine-tuned with semantic adaptive tokens)")
     if not 0 <= sat_id < model.args.vocab_size:
         raise SystemExit(f"error: SAT id {sat_id} is outside the vocabulary (0..{model.args.vocab_size - 1})")
-    if model.args.sat_k is None:
-        print("warning: this model was not fine-tuned with SATs (its config has no sat_k): "
-              "drafts will rarely be accepted", file=sys.stderr)
     return sat_id
 
 

@@ -108,6 +108,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     bf16: bool = True
     grad_checkpointing: bool = False
+    zero: bool = False  # shard AdamW's moments across ranks (torchrun only)
     seed: int = 1337
     # bookkeeping
     eval_every: int = 100
@@ -293,12 +294,23 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 # any moment leaves either the old checkpoint or the new one.
 
 
-def save_checkpoint(path: str, model: Llama, opt: torch.optim.Optimizer, state: dict):
-    tensors = {f"param.{n}": p.detach().cpu().contiguous() for n, p in model.named_parameters()}
+def param_order(model: Llama, opt: torch.optim.Optimizer) -> list[str]:
+    """Parameter names in the optimizer's own numbering (the order of its param groups)."""
     names = {p: n for n, p in model.named_parameters()}
-    for p, s in opt.state.items():
+    return [names[p] for group in opt.param_groups for p in group["params"]]
+
+
+def save_checkpoint(path: str, model: Llama, opt: torch.optim.Optimizer, state: dict, rank: int = 0):
+    """Called on every rank: a sharded (ZeRO) optimizer first gathers its state on rank 0."""
+    if hasattr(opt, "consolidate_state_dict"):  # ZeroRedundancyOptimizer
+        opt.consolidate_state_dict(to=0)
+    if rank != 0:
+        return
+    tensors = {f"param.{n}": p.detach().cpu().contiguous() for n, p in model.named_parameters()}
+    order = param_order(model, opt)
+    for i, s in opt.state_dict()["state"].items():
         for key in ("exp_avg", "exp_avg_sq", "step"):
-            tensors[f"adam.{key}.{names[p]}"] = s[key].detach().cpu().reshape(-1 if key == "step" else s[key].shape)
+            tensors[f"adam.{key}.{order[i]}"] = s[key].detach().cpu().reshape(-1 if key == "step" else s[key].shape)
     meta = {"state": json.dumps(state), "model_args": json.dumps(model.args.to_config())}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
@@ -310,11 +322,18 @@ def load_checkpoint(path: str, model: Llama, opt: torch.optim.Optimizer) -> dict
     with torch.no_grad():
         for n, p in model.named_parameters():
             p.copy_(tensors[f"param.{n}"])
-    for n, p in model.named_parameters():
-        if f"adam.step.{n}" in tensors:
-            opt.state[p] = {"step": tensors[f"adam.step.{n}"].reshape(()),
-                            "exp_avg": tensors[f"adam.exp_avg.{n}"].to(p.device),
-                            "exp_avg_sq": tensors[f"adam.exp_avg_sq.{n}"].to(p.device)}
+    params = dict(model.named_parameters())
+    order = param_order(model, opt)
+    moments = {i: {"step": tensors[f"adam.step.{n}"].reshape(()),
+                   "exp_avg": tensors[f"adam.exp_avg.{n}"].to(params[n].device),
+                   "exp_avg_sq": tensors[f"adam.exp_avg_sq.{n}"].to(params[n].device)}
+               for i, n in enumerate(order) if f"adam.step.{n}" in tensors}
+    groups, i = [], 0
+    for group in opt.param_groups:
+        groups.append({**{k: v for k, v in group.items() if k != "params"},
+                       "params": list(range(i, i + len(group["params"])))})
+        i += len(group["params"])
+    opt.load_state_dict({"state": moments, "param_groups": groups})
     return state
 
 
@@ -378,18 +397,22 @@ def keep_frozen_rows(model: Llama, sat_id: int):
         grad[sat_id] = sat_row
 
 
-def make_optimizer(model: Llama, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: Llama, cfg: TrainConfig, world: int = 1) -> torch.optim.Optimizer:
     """AdamW. No weight decay on norms, and none on the embedding while SAT training
-    (decay would move the frozen rows)."""
+    (decay would move the frozen rows). With --zero under torchrun, each rank keeps the
+    AdamW moments of its share of the parameters only (ZeRO stage 1)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         frozen_rows = cfg.mode != "pretrain" and name == "embed_tokens.weight"
         (decay if p.dim() >= 2 and not frozen_rows else no_decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}],
-                             lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.zero and world > 1:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, lr=cfg.lr, betas=(0.9, 0.95),
+                                       eps=1e-8)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
 
 
 def special_ids(data_dir: str) -> dict:
@@ -440,7 +463,7 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
             if cfg.bf16:  # it only runs under bf16 autocast: half the memory, same matmuls
                 teacher = teacher.to(torch.bfloat16)
         sat_id = setup_sat(model, cfg)
-    opt = make_optimizer(model, cfg)
+    opt = make_optimizer(model, cfg, world)
     trainable = sum(p.numel() for n, p in model.named_parameters()
                     if p.requires_grad and (cfg.mode == "pretrain" or n != "embed_tokens.weight"))
     trainable += model.args.hidden_size if cfg.mode != "pretrain" else 0  # the SAT row
@@ -498,17 +521,21 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
             detail = "  ".join(f"{k} {v:.3f}" for k, v in info_sum.items())
             log(f"step {done}/{cfg.steps}  {detail}  lr {lr:.2e}  {rate:.0f} tok/s  "
                 f"elapsed {fmt_time(state['elapsed'])}  eta {fmt_time(eta)}", flush=True)
-        if rank == 0 and done == cfg.steps:
-            save_checkpoint(ckpt_path, model, opt, state)  # before the long final evaluation
+        # Every rank takes part in a checkpoint (ZeRO gathers); rank 0's clock decides when.
+        due = torch.tensor([now - t_ckpt > cfg.ckpt_minutes * 60 or done == cfg.steps], device=device)
+        if world > 1:
+            dist.broadcast(due, 0)
+        if due.item():
+            save_checkpoint(ckpt_path, model, opt, state, rank)  # before the long final evaluation
+            t_ckpt = time.time()
         if rank == 0 and (done % cfg.eval_every == 0 or done == cfg.steps):
             ev = evaluate(model, data, cfg, None if done == cfg.steps else cfg.eval_tokens, sat_id)
             state["log"].append({"step": done, **info_sum, **ev, "elapsed": state["elapsed"]})
             log(f"eval step {done}: val loss {ev['val_loss']:.4f}  bpb {ev['val_bpb']:.4f}"
                 + (f"  SAT top-1 {' '.join(f'{a:.2f}' for a in ev['sat_top1'])}" if "sat_top1" in ev else ""),
                 flush=True)
-        if rank == 0 and (now - t_ckpt > cfg.ckpt_minutes * 60 or done == cfg.steps):
-            save_checkpoint(ckpt_path, model, opt, state)
-            t_ckpt = time.time()
+        if done == cfg.steps:
+            save_checkpoint(ckpt_path, model, opt, state, rank)  # again, now with the final evaluation
     return model, state
 
 

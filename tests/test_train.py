@@ -212,29 +212,38 @@ def test_kl_std_loss_is_zero_at_the_start(data_dir, init_dir):
 # ----------------------------------------------------------------------------- DDP
 
 
-def ddp_worker(rank, port, data_dir, init_dir, out_dir):
+def ddp_worker(rank, port, data_dir, init_dir, out_dir, zero):
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
-    cfg = small_cfg(data_dir, init_dir, out_dir, batch_size=2, steps=2)
+    cfg = small_cfg(data_dir, init_dir, out_dir, batch_size=2, steps=2, zero=zero)
     model, _ = train_sat.train(cfg, torch.device("cpu"), rank, 2)
     if rank == 0:
         save_model(model, os.path.join(out_dir, "model"))
     torch.distributed.destroy_process_group()
 
 
-def test_ddp_two_processes_equal_one_process(data_dir, init_dir, tmp_path):
+@pytest.mark.parametrize("zero", [False, True])
+def test_ddp_two_processes_equal_one_process(data_dir, init_dir, tmp_path, zero):
+    """Same parameters after two steps, and (ZeRO gathering its shards) the same AdamW state
+    in the checkpoint."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = str(tmp_path / "ddp")
-    torch.multiprocessing.spawn(ddp_worker, args=(port, data_dir, init_dir, out), nprocs=2)
-    single, _ = train_sat.train(small_cfg(data_dir, init_dir, str(tmp_path / "single"), batch_size=4, steps=2))
+    torch.multiprocessing.spawn(ddp_worker, args=(port, data_dir, init_dir, out, zero), nprocs=2)
+    single_out = str(tmp_path / "single")
+    single, _ = train_sat.train(small_cfg(data_dir, init_dir, single_out, batch_size=4, steps=2))
     ddp = load_model(os.path.join(out, "model"))
     start = load_model(init_dir)
     for (name, a), b, c in zip(single.named_parameters(), ddp.parameters(), start.parameters()):
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, msg=name)
     assert any(not torch.equal(a, c) for a, c in zip(single.parameters(), start.parameters()))
+    with safe_open(os.path.join(out, "checkpoint.safetensors"), "pt") as f, \
+            safe_open(os.path.join(single_out, "checkpoint.safetensors"), "pt") as g:
+        assert set(f.keys()) == set(g.keys()) and any(k.startswith("adam.exp_avg.") for k in g.keys())
+        for key in g.keys():
+            torch.testing.assert_close(f.get_tensor(key), g.get_tensor(key), atol=2e-6, rtol=1e-4, msg=key)
 
 
 # ----------------------------------------------------------------------------- kill and resume
