@@ -470,9 +470,11 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
     state = {"step": 0, "tokens": 0, "elapsed": 0.0, "log": [], "config": asdict(cfg)}
     if os.path.isfile(ckpt_path):
         state = load_checkpoint(ckpt_path, model, opt)
-        if state["config"]["steps"] != cfg.steps:
-            log(f"note: the run was started with steps={state['config']['steps']}; now {cfg.steps}")
-        state["config"] = asdict(cfg)
+        changed = {k: (v, state["config"].get(k)) for k, v in asdict(cfg).items() if state["config"].get(k) != v}
+        if changed and state["step"] < cfg.steps:  # training goes on, under the new settings
+            log("note: settings changed since the checkpoint: "
+                + ", ".join(f"{k} {old!r} -> {new!r}" for k, (new, old) in changed.items()))
+            state["config"] = asdict(cfg)
         log(f"resumed from {ckpt_path} at step {state['step']}")
     elif rank == 0:
         os.makedirs(cfg.out, exist_ok=True)
