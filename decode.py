@@ -134,13 +134,14 @@ def verify(warper: Warper, logits: torch.Tensor, drafts: torch.Tensor, q, genera
 
     Greedy: n = the longest prefix of drafts equal to the model's own argmax, and the next
     token is the argmax after them. Sampling: the speculative rule of sampling.accept_drafts."""
-    d = drafts.tolist()
+    k = drafts.shape[0]
     if warper.greedy:
-        h = logits.argmax(-1).tolist()
-        n = next((i for i in range(len(d)) if d[i] != h[i]), len(d))
+        both = torch.cat([drafts, logits.argmax(-1)]).tolist()  # one host sync for both
+        d, h = both[:k], both[k:]
+        n = next((i for i in range(k) if d[i] != h[i]), k)
         return n, h[n], d
     n, nxt = accept_drafts(warper.probs(logits), q, drafts, generator)
-    return n, int(nxt), d
+    return n, int(nxt), drafts.tolist()
 
 
 
