@@ -3,6 +3,7 @@
     python bench.py                      # demo model, quick subset (a few minutes on a CPU)
     python bench.py --full               # the whole protocol
     python bench.py --model DIR --device cuda --dtype bfloat16 --prompts humaneval --max-new-tokens 512
+    python bench.py --model DIR --latency-only   # forward cost against tokens fed, and the projection
 
 For every prompt, every method runs once, in rotating order after a warm-up, so a noisy
 machine slows all methods alike. Reported per method:
@@ -157,6 +158,66 @@ class ConstantModel:
     def __call__(self, tokens, cache=None, **_):
         cache.length += tokens.shape[1]
         return self.logits.expand(1, tokens.shape[1], -1)
+
+
+def projected_speedups(lat: dict, reference: dict) -> list[dict]:
+    """What the tokens per forward measured in a reference run would give with this
+    model's forward costs: speedup = tokens per forward x T(1) / T(tokens fed per forward).
+    Two-step feeds 1 + k tokens in both of its forwards; fused feeds 1 + k + (k + 1) k."""
+    out = []
+    for dtype, res in reference["results"].items():
+        for set_name, rows in res["sets"].items():
+            for name, r in rows.items():
+                if name.startswith("_") or r["kind"] not in ("chain", "fused") or r["temperature"] != 0:
+                    continue
+                fed = r["tokens_fed_per_forward"]
+                out.append({"set": set_name, "dtype": dtype, "method": name, "tokens_per_forward": r["tokens_per_forward"],
+                            "tokens_fed": fed, "cost_ratio": lat[fed] / lat[1],
+                            "projected_speedup": r["tokens_per_forward"] * lat[1] / lat[fed]})
+    return out
+
+
+def latency_only(a, device: torch.device):
+    """--latency-only: time forwards of a few sizes on any checkpoint (no tokenizer needed)."""
+    reference = None
+    if a.project_from and os.path.isfile(a.project_from):
+        with open(a.project_from) as f:
+            reference = json.load(f)
+    fed = {r["tokens_fed_per_forward"] for res in (reference or {"results": {}})["results"].values()
+           for rows in res["sets"].values() for n, r in rows.items() if not n.startswith("_")}
+    sizes = sorted(set(a.sizes) | {1} | (fed if reference else set()))
+    record = {"environment": environment(device), "model": os.path.abspath(a.model), "prefix": a.prefix, "results": {}}
+    lines = []
+    for dtype in a.dtype:
+        t0 = time.perf_counter()
+        model = load_or_exit(a.model, device, DTYPES[dtype])
+        params = sum(p.numel() for p in model.parameters())
+        print(f"{dtype}: {params / 1e6:.0f}M parameters loaded in {time.perf_counter() - t0:.1f}s "
+              f"(peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB); "
+              f"timing {len(sizes)} sizes x {a.reps} forwards", file=sys.stderr)
+        lat = forward_latency(model, sizes, prefix=a.prefix, reps=a.reps)
+        del model
+        res = {"parameters": params, "forward_latency_s": lat}
+        lines += [f"\n**forward latency, {dtype}, {params / 1e6:.0f}M parameters** (cache of {a.prefix} tokens)\n",
+                  "| tokens fed | ms | x T(1) |", "|---|---|---|"]
+        lines += [f"| {T} | {1000 * t:.1f} | {t / lat[1]:.2f} |" for T, t in lat.items() if T in a.sizes or T == 1]
+        if reference:
+            res["projection"] = projected_speedups(lat, reference)
+            lines += [f"\n**projection, {dtype}**: tokens per forward from {a.project_from} "
+                      f"(model {reference['model']}) x T(1) / T(tokens fed)\n",
+                      "| prompts | measured with | method | tok/fwd | tokens fed | T(fed)/T(1) | projected speedup |",
+                      "|---|---|---|---|---|---|---|"]
+            lines += [f"| {p['set']} | {p['dtype']} | {p['method']} | {p['tokens_per_forward']:.2f} | {p['tokens_fed']} | "
+                      f"{p['cost_ratio']:.2f} | {p['projected_speedup']:.2f}x |" for p in res["projection"]]
+        record["results"][dtype] = res
+    table = "\n".join(lines)
+    print(table)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "latency.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    with open(os.path.join(a.out, "latency.md"), "w") as f:
+        f.write(table + "\n")
+    print(f"\nwrote {a.out}/latency.json and latency.md", file=sys.stderr)
 
 
 def ar_loop_overhead(model: Llama, n: int = 256) -> float:
@@ -342,9 +403,21 @@ def main():
     p.add_argument("--out", default="bench_results", help="directory for bench.json and plots")
     p.add_argument("--quality", action="store_true",
                    help="instead: five greedy completions and the repeated 4-gram fraction of held-out continuations")
+    p.add_argument("--latency-only", action="store_true",
+                   help="instead: time forwards of --sizes tokens on any checkpoint and project speedups")
+    p.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 6, 8, 16, 32], help="tokens fed (--latency-only)")
+    p.add_argument("--reps", type=int, default=5, help="timed forwards per size (--latency-only)")
+    p.add_argument("--prefix", type=int, default=128, help="cached tokens before each timed forward (--latency-only)")
+    p.add_argument("--project-from", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                          "bench_results", "bench.json"),
+                   help="a bench.json whose tokens per forward to project (--latency-only)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if min(a.sizes) < 1 or a.reps < 1 or a.prefix < 1:
+        raise SystemExit("error: --sizes, --reps and --prefix must be positive")
+    if a.latency_only:
+        return latency_only(a, pick_device(a.device))
     n_prompts = a.n_prompts or (82 if a.full else 4)
     max_new = a.max_new_tokens or (256 if a.full else 96)
     ks = a.k or (list(range(1, 9)) if a.full else [1, 3, 5])

@@ -42,3 +42,33 @@ def test_summary_is_consistent_with_the_runs():
     # two-step: 2 forwards per iteration, 2 + accepted tokens per iteration
     r = res["sdsat k=2"]
     assert 1 <= r["tokens_per_forward"] <= r["ceiling"]
+
+
+def test_projection_arithmetic():
+    lat = {1: 0.010, 6: 0.012, 36: 0.030}
+    reference = {"results": {"bfloat16": {"sets": {"p": {
+        "_repeated_4gram_fraction_ar": 0.5,
+        "ar": {"kind": "ar", "temperature": 0, "tokens_fed_per_forward": 1, "tokens_per_forward": 1.0},
+        "sdsat k=5": {"kind": "chain", "temperature": 0, "tokens_fed_per_forward": 6, "tokens_per_forward": 1.8},
+        "sdsat k=5 T=1.0": {"kind": "chain", "temperature": 1.0, "tokens_fed_per_forward": 6, "tokens_per_forward": 1.2},
+        "fused k=5": {"kind": "fused", "temperature": 0, "tokens_fed_per_forward": 36, "tokens_per_forward": 2.4}}}}}}
+    proj = {p["method"]: p for p in bench.projected_speedups(lat, reference)}
+    assert set(proj) == {"sdsat k=5", "fused k=5"}  # greedy draft methods only
+    assert abs(proj["sdsat k=5"]["projected_speedup"] - 1.8 * 0.010 / 0.012) < 1e-12
+    assert abs(proj["fused k=5"]["projected_speedup"] - 2.4 / 3) < 1e-12
+    assert abs(proj["fused k=5"]["cost_ratio"] - 3.0) < 1e-12
+
+
+def test_random_checkpoint_loads_strictly(tmp_path):
+    import random_checkpoint
+    from model import load_model
+    config = {**random_checkpoint.CODELLAMA, "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 3,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 300, "sat_token_id": 299}
+    names = random_checkpoint.write_random_checkpoint(config, str(tmp_path), shard_gib=60_000 / 2**30)
+    assert len(names) > 1 and (tmp_path / "model.safetensors.index.json").exists()
+    model = load_model(str(tmp_path), dtype=torch.float32)  # strict: every name and shape checked
+    params = torch.cat([p.flatten() for p in model.parameters() if p.dim() == 2])
+    assert abs(params.std().item() - 0.02) < 0.002 and abs(params.mean().item()) < 0.001
+    assert model.args.sat_token_id == 299 and model.args.num_key_value_heads == 2
+    bench_lat = bench.forward_latency(model, [1, 3], prefix=4, reps=1)
+    assert set(bench_lat) == {1, 3} and all(t > 0 for t in bench_lat.values())
