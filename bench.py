@@ -391,7 +391,7 @@ def main():
     p.add_argument("--sat-token-id", type=int, default=None, help="default: the config's sat_token_id")
     p.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES))
     p.add_argument("--prompts", nargs="+", default=["heldout", "humaneval"], choices=["heldout", "humaneval"])
-    p.add_argument("--n-prompts", type=int, default=None, help="prompts per set (quick: 4, full: 82)")
+    p.add_argument("--n-prompts", type=int, default=None, help="prompts per set (quick: 4; full: all 164 HumanEval and as many held-out files)")
     p.add_argument("--prompt-tokens", type=int, default=192, help="held-out prompt length")
     p.add_argument("--max-new-tokens", type=int, default=None, help="quick: 96, full: 256")
     p.add_argument("--k", type=int, nargs="+", default=None, help="SAT counts to sweep (quick: 1 3 5; full: 1..8)")
@@ -418,7 +418,7 @@ def main():
         raise SystemExit("error: --sizes, --reps and --prefix must be positive")
     if a.latency_only:
         return latency_only(a, pick_device(a.device))
-    n_prompts = a.n_prompts or (82 if a.full else 4)
+    n_prompts = a.n_prompts or (164 if a.full else 4)
     max_new = a.max_new_tokens or (256 if a.full else 96)
     ks = a.k or (list(range(1, 9)) if a.full else [1, 3, 5])
     fused_ks = a.fused_k or (list(range(1, 7)) if a.full else [3])
