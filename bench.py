@@ -373,9 +373,12 @@ def plot(results: dict, path: str):
 
 
 def environment(device: torch.device) -> dict:
+    here = os.path.dirname(os.path.abspath(__file__))
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here).stdout.strip()
+        if commit and subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                     text=True, cwd=here).stdout.strip():
+            commit += " (with uncommitted changes)"
     except OSError:
         commit = ""
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
