@@ -49,6 +49,11 @@ class Method:
     warper: Warper = Warper()
 
 
+def tokens_fed(m: Method) -> int:
+    """Tokens that one decode forward of method m feeds: the cost side of tokens per forward."""
+    return {"ar": 1, "chain": 1 + m.k, "tree": 1 + len(TREE_DEPTH5), "fused": 1 + m.k + (m.k + 1) * m.k}[m.kind]
+
+
 def methods_for(ks: list[int], fused_ks: list[int], sampling: bool) -> list[Method]:
     out = [Method("ar", "ar")] + [Method(f"sdsat k={k}", "chain", k) for k in ks]
     out += [Method("sdsat tree", "tree", 5)] + [Method(f"fused k={k}", "fused", k) for k in fused_ks]
@@ -112,7 +117,7 @@ def now(device: torch.device) -> float:
 def run_once(model: Llama, prompt: list[int], m: Method, max_new: int, sat_id: int | None,
              stop_ids, seed: int, tree) -> dict:
     dev = model.device
-    cache = model.new_cache(len(prompt) + max_new + max(tree.size, 1 + m.k + (m.k + 1) * m.k) + 1)
+    cache = model.new_cache(len(prompt) + max_new + max(tree.size, tokens_fed(m)) + 1)
     gen = torch.Generator(device=dev).manual_seed(seed)
     t0 = now(dev)
     logits = prefill(model, cache, prompt)
@@ -179,13 +184,13 @@ def projected_speedups(lat: dict, reference: dict) -> list[dict]:
 
 def latency_only(a, device: torch.device):
     """--latency-only: time forwards of a few sizes on any checkpoint (no tokenizer needed)."""
-    reference = None
+    reference, fed = None, set()
     if a.project_from and os.path.isfile(a.project_from):
         with open(a.project_from) as f:
             reference = json.load(f)
-    fed = {r["tokens_fed_per_forward"] for res in (reference or {"results": {}})["results"].values()
-           for rows in res["sets"].values() for n, r in rows.items() if not n.startswith("_")}
-    sizes = sorted(set(a.sizes) | {1} | (fed if reference else set()))
+        fed = {r["tokens_fed_per_forward"] for res in reference["results"].values()
+               for rows in res["sets"].values() for n, r in rows.items() if not n.startswith("_")}
+    sizes = sorted(set(a.sizes) | {1} | fed)
     record = {"environment": environment(device), "model": os.path.abspath(a.model), "prefix": a.prefix, "results": {}}
     lines = []
     for dtype in a.dtype:
@@ -305,8 +310,7 @@ def summarise(methods: list[Method], runs: dict) -> dict:
             "tokens_per_s": rate, "speedup": rate / ar_rate,
             "forwards": forwards, "tokens_per_forward": (new - len(rs)) / max(1, forwards),
             "ceiling": {"ar": 1, "chain": (k + 2) / 2, "fused": k + 1}.get(m.kind),
-            "tokens_fed_per_forward": {"ar": 1, "chain": 1 + k, "tree": 1 + len(TREE_DEPTH5),
-                                       "fused": 1 + k + (k + 1) * k}[m.kind],
+            "tokens_fed_per_forward": tokens_fed(m),
             "accepted_per_iter": sum(accepted) / max(1, len(accepted)) if m.kind != "ar" else None,
             "accepted_per_iter_less_repetitive_half": (sum(low_rep) / max(1, len(low_rep))
                                                        if m.kind != "ar" else None),
@@ -460,8 +464,7 @@ def main():
                   f"{model.args.max_position_embeddings}", file=sys.stderr)
         print(f"{dtype}: loaded in {load_s:.1f}s (peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB); "
               f"{len(methods)} methods x {sum(map(len, encoded.values()))} prompts x {max_new} tokens", file=sys.stderr)
-        lat = forward_latency(model, sorted({1, 2, 4, 8, 16, tree.size} | {1 + k for k in ks}
-                                            | {1 + k + (k + 1) * k for k in fused_ks}))
+        lat = forward_latency(model, sorted({1, 2, 4, 8, 16} | {tokens_fed(m) for m in methods}))
         res = {"load_s": load_s, "forward_latency_s": lat, "ar_loop_overhead_s": ar_loop_overhead(model),
                "sets": bench_dtype(model, encoded, methods, max_new, sat_id, model.args.stop_ids, tree, a.seed)}
         results[dtype] = res
