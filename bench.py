@@ -36,7 +36,7 @@ import torch
 from corpus import read_text, stdlib_root
 from decode import (TREE_DEPTH5, Stats, build_tree, generate_ar, generate_fused, generate_sdsat,
                     generate_sdsat_tree, load_or_exit, pick_device, prefill, resolve_sat_id)
-from model import DEFAULT_MODEL, DTYPES, KVCache, Llama
+from model import DEFAULT_MODEL, DTYPES, KVCache, Llama, write_json, write_text
 from sampling import Warper
 from tokenizer import Tokenizer
 
@@ -192,7 +192,8 @@ def latency_only(a, device: torch.device):
                for rows in res["sets"].values() for n, r in rows.items() if not n.startswith("_")}
     sizes = sorted(set(a.sizes) | {1} | fed)
     record = {"environment": environment(device), "model": os.path.abspath(a.model), "prefix": a.prefix, "results": {}}
-    lines = []
+    if reference:
+        record["projected_from"] = {"path": os.path.abspath(a.project_from), "model": reference["model"]}
     for dtype in a.dtype:
         t0 = time.perf_counter()
         model = load_or_exit(a.model, device, DTYPES[dtype])
@@ -202,27 +203,34 @@ def latency_only(a, device: torch.device):
               f"timing {len(sizes)} sizes x {a.reps} forwards", file=sys.stderr)
         lat = forward_latency(model, sizes, prefix=a.prefix, reps=a.reps)
         del model
-        res = {"parameters": params, "forward_latency_s": lat}
-        lines += [f"\n**forward latency, {dtype}, {params / 1e6:.0f}M parameters** (cache of {a.prefix} tokens)\n",
-                  "| tokens fed | ms | x T(1) |", "|---|---|---|"]
-        lines += [f"| {T} | {1000 * t:.1f} | {t / lat[1]:.2f} |" for T, t in lat.items() if T in a.sizes or T == 1]
+        record["results"][dtype] = {"parameters": params, "forward_latency_s": lat}
         if reference:
-            res["projection"] = projected_speedups(lat, reference)
-            lines += [f"\n**projection, {dtype}**: tokens per forward from {a.project_from} "
-                      f"(model {reference['model']}) x T(1) / T(tokens fed)\n",
+            record["results"][dtype]["projection"] = projected_speedups(lat, reference)
+    table = latency_markdown(record)
+    print(table)
+    os.makedirs(a.out, exist_ok=True)
+    write_json(os.path.join(a.out, "latency.json"), record)
+    write_text(os.path.join(a.out, "latency.md"), table + "\n")
+    print(f"\nwrote {a.out}/latency.json and latency.md", file=sys.stderr)
+
+
+def latency_markdown(record: dict) -> str:
+    """The tables of a --latency-only record: every size timed, then the projection."""
+    lines = []
+    for dtype, res in record["results"].items():
+        lat = {int(T): t for T, t in res["forward_latency_s"].items()}  # JSON keys are strings
+        lines += [f"\n**forward latency, {dtype}, {res['parameters'] / 1e6:.0f}M parameters** "
+                  f"(cache of {record['prefix']} tokens)\n", "| tokens fed | ms | x T(1) |", "|---|---|---|"]
+        lines += [f"| {T} | {1000 * t:.1f} | {t / lat[1]:.2f} |" for T, t in sorted(lat.items())]
+        if "projection" in res:
+            source = record["projected_from"]
+            lines += [f"\n**projection, {dtype}**: tokens per forward from {source['path']} "
+                      f"(model {source['model']}) x T(1) / T(tokens fed)\n",
                       "| prompts | measured with | method | tok/fwd | tokens fed | T(fed)/T(1) | projected speedup |",
                       "|---|---|---|---|---|---|---|"]
             lines += [f"| {p['set']} | {p['dtype']} | {p['method']} | {p['tokens_per_forward']:.2f} | {p['tokens_fed']} | "
                       f"{p['cost_ratio']:.2f} | {p['projected_speedup']:.2f}x |" for p in res["projection"]]
-        record["results"][dtype] = res
-    table = "\n".join(lines)
-    print(table)
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "latency.json"), "w") as f:
-        json.dump(record, f, indent=1)
-    with open(os.path.join(a.out, "latency.md"), "w") as f:
-        f.write(table + "\n")
-    print(f"\nwrote {a.out}/latency.json and latency.md", file=sys.stderr)
+    return "\n".join(lines)
 
 
 def ar_loop_overhead(model: Llama, n: int = 256) -> float:
@@ -449,8 +457,7 @@ def main():
         print(f"repeated 4-grams in 128-token greedy continuations of {len(q['per_prompt'])} held-out prompts: "
               f"{q['repeated_4gram_fraction']:.1%}")
         os.makedirs(a.out, exist_ok=True)
-        with open(os.path.join(a.out, "quality.json"), "w") as f:
-            json.dump(q, f, indent=1)
+        write_json(os.path.join(a.out, "quality.json"), q)
         return
     results = {}
     for dtype in a.dtype:
@@ -474,10 +481,8 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     record = {"environment": environment(device), "model": os.path.abspath(a.model), "max_new_tokens": max_new,
               "prompt_sets": {k: [t["id"] for t in v] for k, v in texts.items()}, "results": results}
-    with open(os.path.join(a.out, "bench.json"), "w") as f:
-        json.dump(record, f, indent=1, default=str)
-    with open(os.path.join(a.out, "bench.md"), "w") as f:
-        f.write(table + "\n")
+    write_json(os.path.join(a.out, "bench.json"), record)
+    write_text(os.path.join(a.out, "bench.md"), table + "\n")
     plot(results, os.path.join(a.out, "bench.png"))
     print(f"\nwrote {a.out}/bench.json and bench.md", file=sys.stderr)
 

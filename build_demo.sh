@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuild the shipped demo models from scratch on this machine's Python standard library.
-# Corpus and tokenizer: ~30 s. Base model: ~1.7 h on one core (OMP_NUM_THREADS=1).
+# Corpus and tokenizer: ~30 s. Base model: 1 h 48 min measured on one thread (THREADS=1 ./build_demo.sh).
 # Resumable: run it again after an interruption and every step continues where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")"

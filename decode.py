@@ -475,7 +475,7 @@ def main():
     p.add_argument("--method", choices=["ar", "sdsat", "fused"], default="ar",
                    help="ar: one token per forward; sdsat: two-step draft-then-verify; fused: one-step")
     p.add_argument("--k", type=int, default=5, help="SATs (drafts) per step")
-    p.add_argument("--tree", action="store_true", help="SDSAT with the depth-5 token tree")
+    p.add_argument("--tree", action="store_true", help="with --method sdsat: verify a depth-5 token tree instead of a chain of --k drafts")
     p.add_argument("--sat-token-id", type=int, default=None, help="default: the config's sat_token_id")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0)
@@ -493,6 +493,8 @@ def main():
         raise SystemExit(f"error: {e}")
     if a.max_new_tokens < 1 or a.k < 1:
         raise SystemExit("error: --max-new-tokens and --k must be at least 1")
+    if a.tree and a.method != "sdsat":
+        raise SystemExit("error: --tree needs --method sdsat")
 
     from tokenizer import Tokenizer
     device = pick_device(a.device)

@@ -30,8 +30,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 # The demo models this repository ships: the SAT-tuned one once it exists, else the base.
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
-DEFAULT_MODEL = next((os.path.join(MODELS_DIR, name) for name in ("tiny-code-llama-sat", "tiny-code-llama")
-                      if os.path.isdir(os.path.join(MODELS_DIR, name))), os.path.join(MODELS_DIR, "tiny-code-llama"))
+BASE_MODEL = os.path.join(MODELS_DIR, "tiny-code-llama")  # the demo model before SAT tuning
+SAT_MODEL = os.path.join(MODELS_DIR, "tiny-code-llama-sat")
+DEFAULT_MODEL = SAT_MODEL if os.path.isdir(SAT_MODEL) else BASE_MODEL
 
 
 class CheckpointError(ValueError):
@@ -478,9 +479,12 @@ def atomic_write(final_path: str, write):
     os.replace(tmp, final_path)
 
 
-def write_json(path: str, obj):
+def write_text(path: str, text: str):
     def write(tmp):
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
+            f.write(text)
     atomic_write(path, write)
+
+
+def write_json(path: str, obj):
+    write_text(path, json.dumps(obj, indent=1, default=str) + "\n")

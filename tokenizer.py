@@ -86,7 +86,7 @@ def train(files: list[str], model_prefix: str, vocab_size: int = 8192,
 
 
 def main():
-    p = argparse.ArgumentParser(description="Encode or decode text with a sentencepiece model.")
+    p = argparse.ArgumentParser(description="Encode text with a sentencepiece model: print the ids, the pieces and the decoded round trip.")
     from model import DEFAULT_MODEL
     p.add_argument("--model", default=DEFAULT_MODEL, help="tokenizer.model, or a directory holding one")
     p.add_argument("text", help="text to encode")

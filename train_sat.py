@@ -69,8 +69,8 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from model import (CheckpointError, Llama, ModelArgs, atomic_write, init_weights, load_model, save_model,
-                   write_json)
+from model import (BASE_MODEL, CheckpointError, Llama, ModelArgs, atomic_write, init_weights, load_model,
+                   save_model, write_json)
 from sat import sat_layout
 
 IGNORE = -100  # label of positions without a target
@@ -546,7 +546,14 @@ def export(model: Llama, state: dict, cfg: TrainConfig, path: str):
     save_model(model, path, dtype=torch.bfloat16)
     for name in ("tokenizer.model", "corpus.json"):
         shutil.copy(os.path.join(cfg.data, name), os.path.join(path, name))
-    write_json(os.path.join(path, "training.json"), state)
+    report = dict(state)
+    earlier = os.path.join(cfg.init or "", "training.json")
+    if cfg.init and os.path.isfile(earlier):
+        with open(earlier) as f:
+            earlier = json.load(f)
+        if earlier["config"]["mode"] != "pretrain":  # fine-tuning a fine-tune: keep every phase's report
+            report["phases"] = earlier.pop("phases", [earlier]) + [state]
+    write_json(os.path.join(path, "training.json"), report)
     print(f"exported to {path}")
 
 
@@ -566,6 +573,9 @@ def main():
     if threads:
         torch.set_num_threads(threads)
     cfg = TrainConfig(**a)
+    if cfg.mode != "pretrain" and not cfg.init:
+        cfg.init = BASE_MODEL
+        print(f"fine-tuning the demo base model {BASE_MODEL} (--init to choose another)")
     rank, world, device = distributed()
     try:
         model, state = train(cfg, device, rank, world)

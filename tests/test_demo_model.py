@@ -9,12 +9,12 @@ import torch
 
 from corpus import read_text, stdlib_root
 from decode import generate_ar, generate_fused, generate_sdsat, prefill
-from model import MODELS_DIR, load_model
+from model import BASE_MODEL, SAT_MODEL, load_model
 from sampling import Warper
 from tokenizer import SAT_PIECE, Tokenizer
 
-BASE = os.path.join(MODELS_DIR, "tiny-code-llama")
-SAT = os.path.join(MODELS_DIR, "tiny-code-llama-sat")
+BASE = BASE_MODEL
+SAT = SAT_MODEL
 
 
 def heldout_texts(model_dir):

@@ -1,5 +1,6 @@
 """train_sat.py: the SAT layout, the frozen-embedding loss, DDP, and kill-and-resume."""
 
+import json
 import os
 import shutil
 import signal
@@ -196,6 +197,20 @@ def test_kl_and_self_distillation_modes_train(data_dir, init_dir, tmp_path, kw):
     before, after, state = one_step(data_dir, init_dir, tmp_path, steps=2, **kw)
     assert state["step"] == 2
     assert not torch.equal(before.layers[1].self_attn.q_proj.weight, after.layers[1].self_attn.q_proj.weight)
+
+
+def test_export_keeps_the_report_of_every_fine_tuning_phase(data_dir, init_dir, tmp_path):
+    """Fine-tune twice: the second export's training.json holds both phases, in order."""
+    for phase, init in ((1, init_dir), (2, str(tmp_path / "phase1"))):
+        cfg = small_cfg(data_dir, init, str(tmp_path / f"run{phase}"), steps=phase, seed=phase)
+        model, state = train_sat.train(cfg)
+        train_sat.export(model, state, cfg, str(tmp_path / f"phase{phase}"))
+    with open(tmp_path / "phase1" / "training.json") as f:
+        assert "phases" not in json.load(f)  # the init was not a fine-tune
+    with open(tmp_path / "phase2" / "training.json") as f:
+        report = json.load(f)
+    assert [p["config"]["init"] for p in report["phases"]] == [init_dir, str(tmp_path / "phase1")]
+    assert [p["step"] for p in report["phases"]] == [1, 2] and report["step"] == 2
 
 
 def test_kl_std_loss_is_zero_at_the_start(data_dir, init_dir):
