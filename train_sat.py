@@ -547,12 +547,12 @@ def export(model: Llama, state: dict, cfg: TrainConfig, path: str):
     for name in ("tokenizer.model", "corpus.json"):
         shutil.copy(os.path.join(cfg.data, name), os.path.join(path, name))
     report = dict(state)
-    earlier = os.path.join(cfg.init or "", "training.json")
-    if cfg.init and os.path.isfile(earlier):
-        with open(earlier) as f:
-            earlier = json.load(f)
-        if earlier["config"]["mode"] != "pretrain":  # fine-tuning a fine-tune: keep every phase's report
-            report["phases"] = earlier.pop("phases", [earlier]) + [state]
+    start_report = os.path.join(cfg.init, "training.json") if cfg.init else ""
+    if os.path.isfile(start_report):
+        with open(start_report) as f:
+            start = json.load(f)
+        if start.get("config", {}).get("mode", "pretrain") != "pretrain":  # a fine-tune of a fine-tune
+            report["phases"] = start.get("phases", [start]) + [state]  # every phase's report, in order
     write_json(os.path.join(path, "training.json"), report)
     print(f"exported to {path}")
 

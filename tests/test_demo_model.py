@@ -9,12 +9,9 @@ import torch
 
 from corpus import read_text, stdlib_root
 from decode import generate_ar, generate_fused, generate_sdsat, prefill
-from model import BASE_MODEL, SAT_MODEL, load_model
+from model import BASE_MODEL as BASE, SAT_MODEL as SAT, load_model
 from sampling import Warper
 from tokenizer import SAT_PIECE, Tokenizer
-
-BASE = BASE_MODEL
-SAT = SAT_MODEL
 
 
 def heldout_texts(model_dir):
