@@ -83,10 +83,10 @@ class TrainConfig:
     out: str = "runs/sat"
     init: str | None = None  # model directory to start from (pretrain: None = random)
     # model shape, for --mode pretrain from scratch
-    dim: int = 384
-    n_layers: int = 6
-    n_heads: int = 6
-    ffn: int = 1024
+    dim: int = 256
+    n_layers: int = 8
+    n_heads: int = 4
+    ffn: int = 704
     tie_embeddings: bool = True
     # SAT
     k: int = 5  # SATs per anchor
