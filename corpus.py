@@ -1,8 +1,9 @@
 """Training data as token files: the demo model's corpus, or your own for a real model.
 
     python corpus.py --out data/stdlib-tests --with-tests          # the demo model's corpus
+    python corpus.py --out data/smollm2 --with-tests --tokenizer models/smollm2-135m   # its ids
     python corpus.py --out data/mycode --root ~/src/project --ext .py .js \\
-        --tokenizer ~/CodeLlama-7b-hf/tokenizer.model                # your files, CodeLlama ids
+        --tokenizer ~/CodeLlama-7b-hf                                # your files, CodeLlama ids
     python corpus.py --out data/mydocs --jsonl docs.jsonl --text-field text --tokenizer ...
 
 Documents are source files under a directory (by default this machine's Python standard
@@ -12,8 +13,10 @@ name (path relative to the root, or "line N") falls in the lowest 5%: determinis
 never in both splits. Without --tokenizer, a new code tokenizer is trained on the
 training split only.
 
-Output: tokenizer.model, train.bin and val.bin (uint16 ids; each document is <s> ids </s>)
-and corpus.json (documents, bytes and tokens per split).
+Output: the tokenizer (tokenizer.model, or tokenizer.json with its tokenizer_config.json),
+train.bin and val.bin (uint16 ids; each document is [BOS] ids EOS) and corpus.json
+(documents, bytes and tokens per split, and the sha256 of the tokenizer file, which
+train_sat.py compares with the model's before it trains).
 """
 
 import argparse
@@ -26,7 +29,7 @@ import time
 
 import numpy as np
 
-from tokenizer import Tokenizer, train as train_tokenizer
+from tokenizer import FILES as TOKENIZER_FILES, Tokenizer, tokenizer_file, tokenizer_hash, train as train_tokenizer
 
 HELD_OUT_PERCENT = 5
 # Generated tables and tool data in the stdlib, not code a person wrote.
@@ -84,9 +87,17 @@ def build(out: str, vocab_size: int = 8192, with_tests: bool = False, root: str 
         raise SystemExit(f"error: no documents found in {jsonl or root}")
     splits = {"train": [n for n in docs if not is_held_out(n)], "val": [n for n in docs if is_held_out(n)]}
     t0 = time.time()
+    for name in TOKENIZER_FILES + ("tokenizer_config.json",):  # no stale tokenizer of an earlier build
+        if os.path.isfile(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
     model_path = os.path.join(out, "tokenizer.model")
     if tokenizer:
-        shutil.copy(tokenizer, model_path)
+        src = tokenizer_file(tokenizer)
+        model_path = os.path.join(out, "tokenizer.json" if src.endswith(".json") else "tokenizer.model")
+        shutil.copy(src, model_path)
+        config = os.path.join(os.path.dirname(src), "tokenizer_config.json")  # special ids of a tokenizer.json
+        if src.endswith(".json") and os.path.isfile(config):
+            shutil.copy(config, out)
     else:  # trained on the training split only, so held-out text is truly unseen
         tmp = os.path.join(out, "train_text.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
@@ -99,7 +110,7 @@ def build(out: str, vocab_size: int = 8192, with_tests: bool = False, root: str 
         raise SystemExit(f"error: a vocabulary of {tok.vocab_size} does not fit the uint16 token files")
     print(f"tokenizer: {tok.vocab_size} pieces ({time.time() - t0:.0f}s)")
     report = {"root": root, "jsonl": jsonl, "with_tests": with_tests, "held_out_percent": HELD_OUT_PERCENT,
-              "vocab_size": tok.vocab_size, "splits": {}}
+              "vocab_size": tok.vocab_size, "tokenizer_sha256": tokenizer_hash(model_path), "splits": {}}
     for name, names in splits.items():
         ids, n_bytes = [], 0
         for n in names:
@@ -111,8 +122,9 @@ def build(out: str, vocab_size: int = 8192, with_tests: bool = False, root: str 
         report["splits"][name] = {"files": len(names), "bytes": n_bytes, "tokens": len(ids), "paths": names}
         print(f"{name}: {len(names)} documents, {n_bytes / 1e6:.2f} MB, {len(ids) / 1e6:.2f}M tokens "
               f"({n_bytes / max(1, len(ids)):.2f} bytes/token)")
-    with open(os.path.join(out, "corpus.json"), "w") as f:
+    with open(os.path.join(out, "corpus.json.tmp"), "w") as f:
         json.dump(report, f, indent=1)
+    os.replace(os.path.join(out, "corpus.json.tmp"), os.path.join(out, "corpus.json"))
     return report
 
 
@@ -124,7 +136,9 @@ def main():
     p.add_argument("--with-tests", action="store_true", help="also read test/ and tests/ directories")
     p.add_argument("--jsonl", default=None, help="a JSONL file of documents instead of --root")
     p.add_argument("--text-field", default="text", help="the JSONL field holding the text")
-    p.add_argument("--tokenizer", default=None, help="use this tokenizer.model instead of training one")
+    p.add_argument("--tokenizer", default=None,
+                   help="use this tokenizer (tokenizer.model, tokenizer.json, or a model directory) instead of "
+                        "training one; give the model you will fine-tune")
     p.add_argument("--vocab-size", type=int, default=8192, help="size of a newly trained tokenizer")
     a = p.parse_args()
     for path, what in ((a.root, "--root"), (a.jsonl, "--jsonl"), (a.tokenizer, "--tokenizer")):
