@@ -11,7 +11,8 @@ themselves (convert_gguf.py), so the project ships only what changed:
                             only some rows changed (the embedding) as those rows plus
                             their indices: NAME.rows [r, D] and NAME.row_ids [r]
                             metadata "config": the config.json keys that changed
-  delta/training.json       the fine-tune's report, copied from the tuned directory
+  delta/training.json       the fine-tune's report, and corpus.json, its data's split,
+                            copied from the tuned directory
 
 A tensor counts as unchanged when the tuned one equals the base one rounded to the tuned
 dtype: train_sat.py exports in bf16, so a frozen float32 weight comes back rounded.
@@ -30,6 +31,7 @@ from safetensors.torch import save_file
 from model import CheckpointError, atomic_write, read_config, safetensors_files, write_json
 
 DELTA_FILE = "model.safetensors"
+REPORTS = ("training.json", "corpus.json")  # the fine-tune's report and its data's split
 
 
 def read_tensors(path: str) -> dict[str, torch.Tensor]:
@@ -68,9 +70,9 @@ def make(base: str, tuned: str, out: str, max_mib: float = 32.0) -> dict:
     os.makedirs(out, exist_ok=True)
     atomic_write(os.path.join(out, DELTA_FILE),
                  lambda tmp: save_file(delta, tmp, metadata={"config": json.dumps(config)}))
-    report = os.path.join(tuned, "training.json")
-    if os.path.isfile(report):
-        shutil.copy(report, os.path.join(out, "training.json"))
+    for name in REPORTS:
+        if os.path.isfile(os.path.join(tuned, name)):
+            shutil.copy(os.path.join(tuned, name), os.path.join(out, name))
     return kept
 
 
@@ -101,7 +103,7 @@ def apply(base: str, delta_dir: str, out: str):
     with open(os.path.join(base, "config.json")) as f:
         config = json.load(f)
     write_json(os.path.join(tmp, "config.json"), {**config, **overrides})
-    for name in ("training.json",):
+    for name in REPORTS:
         if os.path.isfile(os.path.join(delta_dir, name)):
             shutil.copy(os.path.join(delta_dir, name), tmp)
     shutil.rmtree(out, ignore_errors=True)

@@ -50,6 +50,16 @@ and the transformer blocks train. L_std is cross-entropy on the data (default) o
 divergence to the frozen starting model (--std-loss kl). Tied embeddings: the head *is*
 the embedding matrix, so its SAT row trains with the SAT embedding (only the SAT's own
 logit can move that way) and every other row stays frozen.
+
+A REAL MODEL ON A SMALL BUDGET (SDSAT.md section 11). --train-layers N trains only the
+top N blocks, so the fine-tune ships as those blocks (sat_delta.py). --no-sat-row takes an
+existing special token as the SAT and leaves its row alone: with every trainable weight
+in the top blocks, nothing below them needs a backward pass. --sat-labels model teaches
+SAT j of anchor p the model's own prediction at position p + j, which costs nothing (those
+logits are in the same forward) and is exactly what verification will check:
+
+    python train_sat.py --init models/smollm2-135m --data data/smollm2 --out runs/smol \
+        --train-layers 4 --no-sat-row --sat-token-id 6 --sat-labels model --no-bf16 ...
 """
 
 import argparse
@@ -72,6 +82,7 @@ from safetensors.torch import save_file
 from model import (BASE_MODEL, CheckpointError, Llama, ModelArgs, atomic_write, init_weights, load_model,
                    save_model, write_json)
 from sat import sat_layout
+from tokenizer import FILES as TOKENIZER_FILES, tokenizer_hash
 
 IGNORE = -100  # label of positions without a target
 
@@ -95,7 +106,10 @@ class TrainConfig:
     std_loss: str = "ce"  # ce | kl
     std_weight: float = 1.0  # lambda
     offset_weights: str = ""  # e.g. "1,1,1,0.5,0.5": weight of CE at SAT offset j
-    sat_labels: str = "data"  # data | self (the starting model's own greedy continuation)
+    sat_labels: str = "data"  # data | self (the starting model's own greedy continuation) | model (its argmax at p+j)
+    train_layers: int = 0  # sat mode: train only the top N blocks (0 = all); the rest stay frozen
+    sat_row: bool = True  # train the SAT's embedding row; off: an existing token's row stays as it is, and
+    #                       no gradient flows below the trained blocks (a much cheaper backward pass)
     # optimisation
     seq_len: int = 512
     batch_size: int = 16  # per process
@@ -113,8 +127,59 @@ class TrainConfig:
     # bookkeeping
     eval_every: int = 100
     eval_tokens: int = 32768
+    final_eval_tokens: int = 0  # held-out tokens of the final evaluation (0 = all of them)
     log_every: int = 10
     ckpt_minutes: float = 5.0
+
+
+# --help for every TrainConfig field (main() turns each field into an option), and the
+# values a field can take where it is a choice.
+HELP = {
+    "mode": "sat: SAT fine-tuning with the frozen-embedding loss; sat-only: train only the SAT's embedding row; "
+            "pretrain: plain next-token loss, every parameter trains",
+    "data": "directory with train.bin, val.bin and corpus.json, made by corpus.py",
+    "out": "run directory: checkpoint, report; the same command again resumes from it",
+    "init": "model directory to start from (default: the demo base model for the sat modes, random weights "
+            "for pretrain)",
+    "dim": "hidden size, for --mode pretrain from scratch",
+    "n_layers": "transformer blocks, for --mode pretrain from scratch",
+    "n_heads": "attention heads, for --mode pretrain from scratch",
+    "ffn": "SwiGLU intermediate size, for --mode pretrain from scratch",
+    "tie_embeddings": "the output head shares the embedding matrix, for --mode pretrain from scratch",
+    "k": "SATs per anchor: SAT j learns the token j + 1 steps ahead",
+    "anchors": "anchors per window, each followed by k SATs; 0 = every position",
+    "sat_token_id": "the SAT's id (default: the config's sat_token_id, else a new embedding row is appended)",
+    "std_loss": "what keeps the standard tokens' predictions in place: ce, cross-entropy on the data; "
+                "kl, KL divergence to the frozen starting model",
+    "std_weight": "lambda in loss = CE_sat + lambda * L_std",
+    "offset_weights": "weights of the SAT cross-entropy per offset j, e.g. 1,1,1,0.5,0.5 "
+                      "(default: empty, every offset weighs 1)",
+    "sat_labels": "what SAT j learns: data, the text's token j + 1 ahead; self, the starting model's own greedy "
+                  "continuation; model, the model's own prediction at position p + j of the text",
+    "train_layers": "sat mode: train only the top N blocks, the rest stay frozen; 0 = all",
+    "seq_len": "tokens per training window",
+    "batch_size": "windows per step, per process",
+    "grad_accum": "micro-batches accumulated per optimiser step",
+    "steps": "optimiser steps",
+    "lr": "peak learning rate, after the warm-up",
+    "min_lr": "learning rate at the end of the cosine decay",
+    "warmup": "steps of linear warm-up",
+    "weight_decay": "AdamW weight decay",
+    "grad_clip": "maximum gradient norm",
+    "bf16": "bfloat16 autocast",
+    "grad_checkpointing": "recompute activations in the backward pass: less memory, more time",
+    "zero": "shard AdamW's moments across ranks (torchrun only)",
+    "seed": "seed of the data order and the anchors",
+    "eval_every": "steps between held-out evaluations",
+    "eval_tokens": "held-out tokens per evaluation",
+    "final_eval_tokens": "held-out tokens of the final evaluation (0 = all of them)",
+    "train_layers": "sat mode: train only the top N transformer blocks, freeze the rest (0 = all blocks)",
+    "sat_row": "train the SAT's embedding row; --no-sat-row keeps an existing token's row as it is, so no "
+               "gradient flows below the trained blocks (a much cheaper backward pass)",
+    "log_every": "steps between progress lines",
+    "ckpt_minutes": "minutes between checkpoints",
+}
+CHOICES = {"mode": ["sat", "sat-only", "pretrain"], "std_loss": ["ce", "kl"], "sat_labels": ["data", "self", "model"]}
 
 
 # ----------------------------------------------------------------------------- data
@@ -126,11 +191,25 @@ class TokenData:
     def __init__(self, path: str):
         for name in ("train.bin", "val.bin", "corpus.json"):
             if not os.path.isfile(os.path.join(path, name)):
-                raise SystemExit(f"error: {path} has no {name}: run python corpus.py --out {path}")
+                raise SystemExit(f"error: {path} has no {name}: run python corpus.py --out {path} --with-tests "
+                                 "--tokenizer MODEL (the model you will fine-tune; none to pretrain)")
         self.train = np.memmap(os.path.join(path, "train.bin"), dtype=np.uint16, mode="r")
         self.val = np.memmap(os.path.join(path, "val.bin"), dtype=np.uint16, mode="r")
         with open(os.path.join(path, "corpus.json")) as f:
             self.meta = json.load(f)
+        self.path = path
+
+    def check_tokenizer(self, model_dir: str):
+        """Refuse ids made by another tokenizer than the model's: they would train silently
+        on the wrong tokens (the loss just stays high)."""
+        try:
+            theirs = tokenizer_hash(model_dir)
+        except FileNotFoundError:
+            return  # a bare checkpoint (no tokenizer file): nothing to compare with
+        ours = self.meta.get("tokenizer_sha256") or tokenizer_hash(self.path)
+        if ours != theirs:
+            raise SystemExit(f"error: {self.path} was tokenized with another tokenizer than {model_dir}'s: "
+                             f"rebuild it with python corpus.py --out {self.path} --with-tests --tokenizer {model_dir}")
 
     def batch(self, step: int, cfg: TrainConfig, rank: int = 0, world: int = 1) -> torch.Tensor:
         """Windows [B, seq_len + 1] for step `step`: the same on every run, and the ranks of
@@ -215,6 +294,12 @@ def sat_loss(model: Llama, window, anchors, cfg: TrainConfig, sat_id: int, teach
     if cfg.sat_labels == "self":
         labels[:, n:] = greedy_continuation_labels(teacher, window, anchors, cfg.k)
     logits = model(ids, positions=positions, mask=mask[:, :, n:], causal_prefix=n).float()  # [B, T, V]
+    if cfg.sat_labels == "model":
+        # SAT j of anchor p learns what the model itself predicts at standard position p + j
+        # (given the true text up to there): the token its verification pass will check.
+        # Free: those logits are in this very forward. Positions of SATs are p + j.
+        own = logits[:, :n].detach().argmax(-1).gather(1, positions[:, n:].clamp(max=n - 1))
+        labels[:, n:] = own.masked_fill(labels[:, n:] == IGNORE, IGNORE)
     ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none")
     ce = ce.view(labels.shape)
     valid = labels != IGNORE
@@ -379,9 +464,10 @@ def setup_sat(model: Llama, cfg: TrainConfig) -> int:
     elif not 0 <= sat_id < model.args.vocab_size:
         raise SystemExit(f"error: SAT id {sat_id} is outside the vocabulary (0..{model.args.vocab_size - 1})")
     model.args.sat_token_id, model.args.sat_k = sat_id, cfg.k
+    first = model.args.num_hidden_layers - cfg.train_layers if cfg.train_layers else 0
     for name, p in model.named_parameters():
-        block = name.startswith("layers.")
-        p.requires_grad = name == "embed_tokens.weight" or (block and cfg.mode == "sat")
+        block = name.startswith("layers.") and int(name.split(".")[1]) >= first
+        p.requires_grad = (name == "embed_tokens.weight" and cfg.sat_row) or (block and cfg.mode == "sat")
     return sat_id
 
 
@@ -417,7 +503,7 @@ def make_optimizer(model: Llama, cfg: TrainConfig, world: int = 1) -> torch.opti
 
 def special_ids(data_dir: str) -> dict:
     from tokenizer import SAT_PIECE, Tokenizer
-    tok = Tokenizer(os.path.join(data_dir, "tokenizer.model"))
+    tok = Tokenizer(data_dir)
     return {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id,
             "sat_token_id": tok.piece_id(SAT_PIECE)}
 
@@ -448,11 +534,13 @@ def distributed() -> tuple[int, int, torch.device]:
 def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
     if cfg.mode not in ("sat", "sat-only", "pretrain"):
         raise SystemExit(f"error: --mode {cfg.mode}: use sat, sat-only or pretrain")
-    if cfg.std_loss not in ("ce", "kl") or cfg.sat_labels not in ("data", "self"):
-        raise SystemExit("error: --std-loss is ce or kl; --sat-labels is data or self")
+    if cfg.std_loss not in ("ce", "kl") or cfg.sat_labels not in ("data", "self", "model"):
+        raise SystemExit("error: --std-loss is ce or kl; --sat-labels is data, self or model")
     device = device or torch.device("cpu")
     log = print if rank == 0 else (lambda *a, **k: None)
     data = TokenData(cfg.data)
+    if cfg.init:
+        data.check_tokenizer(cfg.init)
     ckpt_path = os.path.join(cfg.out, "checkpoint.safetensors")
     model = build_model(cfg, data.meta["vocab_size"], special_ids(cfg.data), device)
     model.grad_checkpointing = cfg.grad_checkpointing
@@ -466,7 +554,7 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
     opt = make_optimizer(model, cfg, world)
     trainable = sum(p.numel() for n, p in model.named_parameters()
                     if p.requires_grad and (cfg.mode == "pretrain" or n != "embed_tokens.weight"))
-    trainable += model.args.hidden_size if cfg.mode != "pretrain" else 0  # the SAT row
+    trainable += model.args.hidden_size if cfg.mode != "pretrain" and cfg.sat_row else 0  # the SAT row
     state = {"step": 0, "tokens": 0, "elapsed": 0.0, "log": [], "config": asdict(cfg)}
     if os.path.isfile(ckpt_path):
         state = load_checkpoint(ckpt_path, model, opt)
@@ -531,7 +619,8 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
             save_checkpoint(ckpt_path, model, opt, state, rank)  # before the long final evaluation
             t_ckpt = time.time()
         if rank == 0 and (done % cfg.eval_every == 0 or done == cfg.steps):
-            ev = evaluate(model, data, cfg, None if done == cfg.steps else cfg.eval_tokens, sat_id)
+            final = cfg.final_eval_tokens or None
+            ev = evaluate(model, data, cfg, final if done == cfg.steps else cfg.eval_tokens, sat_id)
             state["log"].append({"step": done, **info_sum, **ev, "elapsed": state["elapsed"]})
             log(f"eval step {done}: val loss {ev['val_loss']:.4f}  bpb {ev['val_bpb']:.4f}"
                 + (f"  SAT top-1 {' '.join(f'{a:.2f}' for a in ev['sat_top1'])}" if "sat_top1" in ev else ""),
@@ -544,8 +633,9 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
 def export(model: Llama, state: dict, cfg: TrainConfig, path: str):
     """The trained model in Hugging Face layout (bf16), with its tokenizer and reports."""
     save_model(model, path, dtype=torch.bfloat16)
-    for name in ("tokenizer.model", "corpus.json"):
-        shutil.copy(os.path.join(cfg.data, name), os.path.join(path, name))
+    for name in TOKENIZER_FILES + ("tokenizer_config.json", "corpus.json"):
+        if os.path.isfile(os.path.join(cfg.data, name)):
+            shutil.copy(os.path.join(cfg.data, name), os.path.join(path, name))
     report = dict(state)
     start_report = os.path.join(cfg.init, "training.json") if cfg.init else ""
     if os.path.isfile(start_report):
@@ -561,13 +651,14 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in TrainConfig.__dataclass_fields__.values():
         flag = "--" + f.name.replace("_", "-")
+        text = HELP[f.name] if "default" in HELP[f.name] else HELP[f.name] + " (default: %(default)s)"
         if f.type is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
         else:
             kind = f.type if f.type in (int, float) else int if "int" in str(f.type) else str
-            p.add_argument(flag, type=kind, default=f.default)
-    p.add_argument("--export", default=None, help="after training, save the model (bf16) here")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+            p.add_argument(flag, type=kind, default=f.default, choices=CHOICES.get(f.name), help=text)
+    p.add_argument("--export", default=None, help="after training, save the model (bf16) here (default: no export)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     a = vars(p.parse_args())
     export_to, threads = a.pop("export"), a.pop("threads")
     if threads:
@@ -588,4 +679,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: no traceback; 130 = 128 + SIGINT. The last checkpoint stays.
+        sys.exit(130)

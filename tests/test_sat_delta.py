@@ -1,0 +1,57 @@
+"""Tests for sat_delta.py: a fine-tune that changed a few blocks and one embedding row is
+shipped as just those, and rebuilt on its base into exactly the fine-tuned model."""
+
+import json
+import os
+
+import pytest
+import torch
+
+import sat_delta
+from model import CheckpointError, Llama, ModelArgs, init_weights, load_model, save_model
+
+
+def tiny(seed=0) -> Llama:
+    args = ModelArgs(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2,
+                     vocab_size=50, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    m = Llama(args)
+    init_weights(m)
+    return m
+
+
+def test_make_then_apply_rebuilds_the_tuned_model(tmp_path):
+    base, tuned = tiny(), tiny()
+    with torch.no_grad():
+        for p in tuned.layers[2].parameters():
+            p.add_(0.01)
+        tuned.embed_tokens.weight[7] += 0.5  # the SAT row
+    tuned.args.sat_token_id, tuned.args.sat_k = 7, 5
+    save_model(base, str(tmp_path / "base"))  # float32, as convert_gguf.py writes it
+    save_model(tuned, str(tmp_path / "tuned"), dtype=torch.bfloat16)  # as train_sat.py exports
+    kept = sat_delta.make(str(tmp_path / "base"), str(tmp_path / "tuned"), str(tmp_path / "delta"))
+    assert kept["model.embed_tokens.weight"] == "rows [7]"
+    assert {n for n, how in kept.items() if how == "whole"} == {f"model.{n}" for n, _ in tuned.layers[2].named_parameters(prefix="layers.2")}
+    sat_delta.apply(str(tmp_path / "base"), str(tmp_path / "delta"), str(tmp_path / "rebuilt"))
+    rebuilt, exported = load_model(str(tmp_path / "rebuilt")), load_model(str(tmp_path / "tuned"))
+    base_params = dict(base.named_parameters())
+    for name, p in rebuilt.named_parameters():
+        if name.startswith("layers.2.") or name == "embed_tokens.weight":
+            want = exported.state_dict()[name].clone()
+            if name == "embed_tokens.weight":  # only the SAT row comes from the delta
+                want = base_params[name].detach().clone()
+                want[7] = exported.embed_tokens.weight[7]
+            assert torch.equal(p, want), name
+        else:
+            assert torch.equal(p, base_params[name]), name  # untouched, still float32
+    cfg = json.load(open(tmp_path / "rebuilt" / "config.json"))
+    assert (cfg["sat_token_id"], cfg["sat_k"]) == (7, 5)
+
+
+def test_a_delta_over_the_cap_is_refused(tmp_path):
+    base, tuned = tiny(), tiny(seed=1)  # everything differs
+    save_model(base, str(tmp_path / "base"))
+    save_model(tuned, str(tmp_path / "tuned"))
+    with pytest.raises(CheckpointError, match="over the 0.01 MiB cap"):
+        sat_delta.make(str(tmp_path / "base"), str(tmp_path / "tuned"), str(tmp_path / "delta"), max_mib=0.01)
+    assert not os.path.exists(tmp_path / "delta")
