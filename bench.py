@@ -4,6 +4,9 @@
     python bench.py --full               # the whole protocol
     python bench.py --model DIR --device cuda --dtype bfloat16 --prompts humaneval --max-new-tokens 512
     python bench.py --model DIR --latency-only   # forward cost against tokens fed, and the projection
+    python bench.py --peers                      # also transformers' generate: greedy and prompt lookup
+    python bench.py --prompts-file my.jsonl      # your prompts: {"prompt": "...", "id": "..."} per line
+    python bench.py --compile                    # also "... (compiled)" rows: torch.compile, fixed shapes
 
 For every prompt, every method runs once, in rotating order after a warm-up, so a noisy
 machine slows all methods alike. Reported per method:
@@ -29,14 +32,15 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from corpus import read_text, stdlib_root
-from decode import (TREE_DEPTH5, Stats, build_tree, generate_ar, generate_fused, generate_sdsat,
-                    generate_sdsat_tree, load_or_exit, pick_device, prefill, resolve_sat_id)
-from model import DEFAULT_MODEL, DTYPES, KVCache, Llama, write_json, write_text
+from decode import (TREE_DEPTH5, Stats, build_tree, generate_ar, generate_fused, generate_hybrid, generate_lookup,
+                    generate_sdsat, generate_sdsat_tree, load_or_exit, load_tokenizer_or_exit, pick_device, prefill,
+                    read_config_or_exit, resolve_sat_id)
+from model import DEFAULT_MODEL, DTYPES, KVCache, Llama, StaticModel, write_json, write_text
 from sampling import Warper
 from tokenizer import Tokenizer
 
@@ -44,19 +48,30 @@ from tokenizer import Tokenizer
 @dataclass(frozen=True)
 class Method:
     name: str
-    kind: str  # "ar", "chain", "tree" or "fused"
-    k: int = 0
+    kind: str  # "ar", "chain", "tree", "fused", "lookup", "hybrid", or "hf" (transformers' generate)
+    k: int = 0  # SATs
     warper: Warper = Warper()
+    drafts: int = 0  # most drafts copied by prompt lookup per pass
+    compiled: bool = False  # decode through model.StaticModel (torch.compile, fixed shapes)
 
 
-def tokens_fed(m: Method) -> int:
-    """Tokens that one decode forward of method m feeds: the cost side of tokens per forward."""
-    return {"ar": 1, "chain": 1 + m.k, "tree": 1 + len(TREE_DEPTH5), "fused": 1 + m.k + (m.k + 1) * m.k}[m.kind]
+def tokens_fed(m: Method) -> int | None:
+    """Tokens that one decode forward of method m feeds at most: the cost side of tokens per
+    forward. Lookup feeds 1 + m copies (m <= drafts); the hybrid feeds that, or 1 + 2k in a
+    pass of k SAT guesses and k SATs. None for transformers' generate (not ours to count)."""
+    return {"ar": 1, "chain": 1 + m.k, "tree": 1 + len(TREE_DEPTH5), "fused": 1 + m.k + (m.k + 1) * m.k,
+            "lookup": 1 + m.drafts, "hybrid": 1 + max(m.drafts, 2 * m.k), "hf": None}[m.kind]
 
 
-def methods_for(ks: list[int], fused_ks: list[int], sampling: bool) -> list[Method]:
+def methods_for(ks: list[int], fused_ks: list[int], sampling: bool, peers: bool = False,
+                compiled: bool = False) -> list[Method]:
     out = [Method("ar", "ar")] + [Method(f"sdsat k={k}", "chain", k) for k in ks]
     out += [Method("sdsat tree", "tree", 5)] + [Method(f"fused k={k}", "fused", k) for k in fused_ks]
+    if compiled:  # the same methods again, compiled: compiled SDSAT against compiled AR
+        out += [replace(m, name=f"{m.name} (compiled)", compiled=True) for m in out]
+    out += [Method("lookup", "lookup", drafts=10), Method("hybrid k=2", "hybrid", 2, drafts=5)]
+    if peers:
+        out += [Method("hf generate", "hf"), Method("hf prompt lookup", "hf", drafts=10)]
     if sampling:
         for t in (0.2, 1.0):
             w = Warper(temperature=t, top_p=0.95)
@@ -104,6 +119,31 @@ def humaneval_prompts(n: int) -> list[dict]:
     return [{"id": r["task_id"], "text": r["prompt"]} for r in rows[:n]]
 
 
+def file_prompts(path: str) -> list[dict]:
+    """Your own prompts: a JSON Lines file, one object per line with a "prompt" string and
+    an optional "id" (default: the line number). Blank lines are skipped. A line that is
+    not such an object ends the run with one line naming the file and the line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"error: cannot read --prompts-file {path}: {e}")
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"error: {path} line {number}: not JSON ({e.msg})")
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
+            raise SystemExit(f"error: {path} line {number}: expected an object with a non-empty \"prompt\" string")
+        out.append({"id": str(row.get("id", number)), "text": row["prompt"]})
+    if not out:
+        raise SystemExit(f"error: {path} holds no prompts")
+    return out
+
+
 # ----------------------------------------------------------------------------- timing
 
 
@@ -115,23 +155,80 @@ def now(device: torch.device) -> float:
 
 
 def run_once(model: Llama, prompt: list[int], m: Method, max_new: int, sat_id: int | None,
-             stop_ids, seed: int, tree) -> dict:
+             stop_ids, seed: int, tree, hf=None, static: StaticModel | None = None) -> dict:
+    if m.kind == "hf":
+        return run_hf(hf, prompt, m, max_new, stop_ids)
     dev = model.device
-    cache = model.new_cache(len(prompt) + max_new + max(tree.size, tokens_fed(m)) + 1)
+    if m.compiled:  # the compiled path's one cache, sized for the longest run
+        cache = static.cache
+        cache.truncate(0)
+    else:
+        cache = model.new_cache(len(prompt) + max_new + max(tree.size, tokens_fed(m)) + 1)
     gen = torch.Generator(device=dev).manual_seed(seed)
     t0 = now(dev)
-    logits = prefill(model, cache, prompt)
+    logits = prefill(model, cache, prompt)  # eager in both: the prompt's length varies
     t1 = now(dev)
+    if m.compiled:
+        model = static  # the decode loop runs the compiled graphs
     if m.kind == "ar":
         tokens, stats = generate_ar(model, cache, logits, max_new, m.warper, stop_ids, gen)
     elif m.kind == "chain":
         tokens, stats = generate_sdsat(model, cache, logits, max_new, m.warper, m.k, sat_id, stop_ids, gen)
     elif m.kind == "fused":
         tokens, stats = generate_fused(model, cache, logits, max_new, m.warper, m.k, sat_id, stop_ids, gen)
+    elif m.kind == "lookup":
+        tokens, stats = generate_lookup(model, cache, logits, max_new, m.warper, prompt, m.drafts, stop_ids, gen)
+    elif m.kind == "hybrid":
+        tokens, stats = generate_hybrid(model, cache, logits, max_new, m.warper, prompt, m.k, sat_id, m.drafts,
+                                        stop_ids, gen)
     else:
         tokens, stats = generate_sdsat_tree(model, cache, logits, max_new, m.warper, sat_id, tree, stop_ids, gen)
     t2 = now(dev)
     return {"tokens": tokens, "stats": stats, "prefill_s": t1 - t0, "decode_s": t2 - t1}
+
+
+# ----------------------------------------------------------------------------- peers
+
+
+def load_peer(model_dir: str, device: torch.device, dtype: torch.dtype):
+    """The same checkpoint as transformers' LlamaForCausalLM (main checked that it is installed)."""
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return transformers.LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+
+
+class FirstTokenClock:
+    """A transformers streamer that only reads the clock: generate() hands it the prompt,
+    then the new tokens, so the second call marks the end of the prefill."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.calls, self.first_token = device, 0, None
+
+    def put(self, ids):
+        self.calls += 1
+        if self.calls == 2:
+            self.first_token = now(self.device)
+
+    def end(self):
+        pass
+
+
+@torch.inference_mode()
+def run_hf(hf, prompt: list[int], m: Method, max_new: int, stop_ids) -> dict:
+    """transformers' greedy generate (with prompt lookup when m.drafts), timed as run_once
+    times ours: decode time from the first new token to the last."""
+    dev = hf.device
+    ids = torch.tensor([prompt], device=dev)
+    clock = FirstTokenClock(dev)
+    lookup = {"prompt_lookup_num_tokens": m.drafts} if m.drafts else {}
+    t0 = now(dev)
+    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
+                      eos_token_id=list(stop_ids), pad_token_id=0, streamer=clock, **lookup)
+    t2 = now(dev)
+    t1 = clock.first_token or t2
+    tokens = out[0, len(prompt):].tolist()
+    return {"tokens": tokens, "stats": Stats(new_tokens=len(tokens)), "prefill_s": t1 - t0, "decode_s": t2 - t1}
 
 
 @torch.inference_mode()
@@ -173,7 +270,8 @@ def projected_speedups(lat: dict, reference: dict) -> list[dict]:
     for dtype, res in reference["results"].items():
         for set_name, rows in res["sets"].items():
             for name, r in rows.items():
-                if name.startswith("_") or r["kind"] not in ("chain", "fused") or r["temperature"] != 0:
+                if (name.startswith("_") or r["kind"] not in ("chain", "fused") or r["temperature"] != 0
+                        or r.get("compiled")):  # a compiled row's tokens per forward are the eager row's
                     continue
                 fed = r["tokens_fed_per_forward"]
                 out.append({"set": set_name, "dtype": dtype, "method": name, "tokens_per_forward": r["tokens_per_forward"],
@@ -279,19 +377,37 @@ def quality(model: Llama, tok: Tokenizer, heldout: list[list[int]], new_tokens: 
 
 
 def bench_dtype(model: Llama, prompts: dict, methods: list[Method], max_new: int, sat_id, stop_ids,
-                tree, seed: int) -> dict:
+                tree, seed: int, hf=None, static=None) -> dict:
+    """hf: transformers' model on the same weights, for the methods of kind "hf";
+    static: the compiled path (model.StaticModel), for the compiled methods."""
     results = {}
     for set_name, encoded in prompts.items():
         runs = {m.name: [] for m in methods}
         for m in methods:  # warm-up: every code path once, not counted
-            run_once(model, encoded[0], m, min(16, max_new), sat_id, stop_ids, seed, tree)
+            run_once(model, encoded[0], m, min(16, max_new), sat_id, stop_ids, seed, tree, hf, static)
         for i, prompt in enumerate(encoded):
             order = methods[i % len(methods):] + methods[:i % len(methods)]
             for m in order:
-                runs[m.name].append(run_once(model, prompt, m, max_new, sat_id, stop_ids, seed + i, tree))
+                runs[m.name].append(run_once(model, prompt, m, max_new, sat_id, stop_ids, seed + i, tree, hf,
+                                             static))
             print(f"  {set_name} prompt {i + 1}/{len(encoded)}", end="\r", file=sys.stderr, flush=True)
         results[set_name] = summarise(methods, runs)
     return results
+
+
+def compile_methods(model: Llama, static: StaticModel, prompt: list[int], methods: list[Method], sat_id,
+                    stop_ids, tree) -> dict:
+    """Run each compiled method once, before anything is timed, so that every block width
+    it feeds is compiled now: seconds and new graphs per method. A width that an earlier
+    method compiled (the draft pass 1 + k) costs nothing again. Kept out of tok/s."""
+    from torch._dynamo.utils import counters
+    out = {}
+    for m in methods:
+        if m.compiled:
+            graphs, t0 = counters["stats"]["unique_graphs"], now(model.device)
+            run_once(model, prompt, m, 16, sat_id, stop_ids, 0, tree, static=static)
+            out[m.name] = {"seconds": now(model.device) - t0, "graphs": counters["stats"]["unique_graphs"] - graphs}
+    return out
 
 
 def summarise(methods: list[Method], runs: dict) -> dict:
@@ -307,21 +423,25 @@ def summarise(methods: list[Method], runs: dict) -> dict:
         forwards = sum(s.forwards for s in stats)
         accepted = [a for s in stats for a in s.accepted]
         k = m.k
-        checked = [sum(s.checked_at[j] for s in stats) for j in range(k)]
-        acc_at = [sum(s.accepted_at[j] for s in stats) for j in range(k)]
+        positions = max(k, m.drafts) if m.kind != "hf" else 0  # draft slots per pass
+        checked = [sum(s.checked_at[j] for s in stats) for j in range(positions)]
+        acc_at = [sum(s.accepted_at[j] for s in stats) for j in range(positions)]
+        ours = m.kind not in ("ar", "hf")  # a speculative method whose iterations we count
         low_rep = [a for s, r in zip(stats, rep) if r <= median_rep for a in s.accepted]
         rate = new / sum(r["decode_s"] for r in rs)
         out[m.name] = {
-            "kind": m.kind, "k": k, "temperature": m.warper.temperature, "top_p": m.warper.top_p,
+            "kind": m.kind, "compiled": m.compiled, "k": k,
+            "temperature": m.warper.temperature, "top_p": m.warper.top_p,
             "prompts": len(rs), "new_tokens": new, "decode_s": sum(r["decode_s"] for r in rs),
             "prefill_s_mean": statistics.mean(r["prefill_s"] for r in rs),
             "tokens_per_s": rate, "speedup": rate / ar_rate,
-            "forwards": forwards, "tokens_per_forward": (new - len(rs)) / max(1, forwards),
-            "ceiling": {"ar": 1, "chain": (k + 2) / 2, "fused": k + 1}.get(m.kind),
+            "forwards": forwards if m.kind != "hf" else None,
+            "tokens_per_forward": (new - len(rs)) / max(1, forwards) if m.kind != "hf" else None,
+            "ceiling": {"ar": 1, "chain": (k + 2) / 2, "fused": k + 1, "lookup": m.drafts + 1,
+                        "hybrid": max(m.drafts, k) + 1}.get(m.kind),
             "tokens_fed_per_forward": tokens_fed(m),
-            "accepted_per_iter": sum(accepted) / max(1, len(accepted)) if m.kind != "ar" else None,
-            "accepted_per_iter_less_repetitive_half": (sum(low_rep) / max(1, len(low_rep))
-                                                       if m.kind != "ar" else None),
+            "accepted_per_iter": sum(accepted) / max(1, len(accepted)) if ours else None,
+            "accepted_per_iter_less_repetitive_half": sum(low_rep) / max(1, len(low_rep)) if ours else None,
             "acceptance_by_position": [a / max(1, c) for a, c in zip(acc_at, checked)],
             "exact_match": (sum(r["tokens"] == a["tokens"] for r, a in zip(rs, ar))
                             if m.warper.greedy else None),
@@ -344,9 +464,18 @@ def markdown(results: dict) -> str:
                 f = lambda v, fmt: "-" if v is None else format(v, fmt)
                 lines.append(f"| {name} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}x | "
                              f"{f(r['accepted_per_iter'], '.2f')} | {f(r['accepted_per_iter_less_repetitive_half'], '.2f')} | "
-                             f"{r['tokens_per_forward']:.2f} | {f(r['ceiling'], '.1f')} | {r['tokens_fed_per_forward']} | "
+                             f"{f(r['tokens_per_forward'], '.2f')} | {f(r['ceiling'], '.1f')} | {f(r['tokens_fed_per_forward'], 'd')} | "
                              f"{'-' if r['exact_match'] is None else str(r['exact_match']) + '/' + str(r['prompts'])} | "
                              f"{1000 * r['prefill_s_mean']:.1f} |")
+            compiled_ar = rows.get("ar (compiled)")
+            if compiled_ar:  # the honest baseline for compiled SDSAT
+                lines += ["\nCompiled rows against ar (compiled): " + ", ".join(
+                    f"{name} {r['tokens_per_s'] / compiled_ar['tokens_per_s']:.2f}x" for name, r in rows.items()
+                    if name.endswith("(compiled)") and name != "ar (compiled)")]
+        if res.get("compile"):
+            lines += ["\nCompiling, once before timing and kept out of tok/s: " + ", ".join(
+                f"{name} {c['seconds']:.1f} s ({c['graphs']} new graph{'s' if c['graphs'] != 1 else ''})"
+                for name, c in res["compile"].items())]
         lat = res["forward_latency_s"]
         base = lat[1]
         lines += [f"\n**forward latency, {dtype}** (cache of 128 tokens): "
@@ -368,7 +497,7 @@ def plot(results: dict, path: str):
     for dtype, res in results.items():
         for set_name, rows in res["sets"].items():
             chain = sorted((r["k"], r) for n, r in rows.items() if not n.startswith("_")
-                           and r["kind"] == "chain" and r["temperature"] == 0)
+                           and r["kind"] == "chain" and r["temperature"] == 0 and not r.get("compiled"))
             if not chain:
                 continue
             ks = [k for k, _ in chain]
@@ -401,31 +530,48 @@ def environment(device: torch.device) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--sat-token-id", type=int, default=None, help="default: the config's sat_token_id")
-    p.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES))
-    p.add_argument("--prompts", nargs="+", default=["heldout", "humaneval"], choices=["heldout", "humaneval"])
-    p.add_argument("--n-prompts", type=int, default=None, help="prompts per set (quick: 4; full: all 164 HumanEval and as many held-out files)")
-    p.add_argument("--prompt-tokens", type=int, default=192, help="held-out prompt length")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="quick: 96, full: 256")
-    p.add_argument("--k", type=int, nargs="+", default=None, help="SAT counts to sweep (quick: 1 3 5; full: 1..8)")
-    p.add_argument("--fused-k", type=int, nargs="+", default=None, help="k for the fused method (quick: 3; full: 1..6)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="checkpoint directory, Hugging Face layout (default: %(default)s)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default: %(default)s)")
+    p.add_argument("--sat-token-id", type=int, default=None, help="the SAT's id (default: the config's sat_token_id)")
+    p.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES),
+                   help="dtypes to benchmark, one after the other (default: float32 bfloat16)")
+    p.add_argument("--prompts", nargs="+", default=None, choices=["heldout", "humaneval"],
+                   help="prompt sets (default: heldout humaneval, or none with --prompts-file)")
+    p.add_argument("--prompts-file", default=None,
+                   help="your own prompts, JSON Lines: {\"prompt\": ..., \"id\": ...} per line; "
+                        "the set is named after the file (default: none)")
+    p.add_argument("--peers", action="store_true",
+                   help="also run transformers' generate on the same weights: greedy, and prompt lookup (10 drafts)")
+    p.add_argument("--n-prompts", type=int, default=None,
+                   help="prompts per set (default: 4; with --full all 164 HumanEval prompts and as many held-out files)")
+    p.add_argument("--prompt-tokens", type=int, default=192, help="held-out prompt length (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="(default: 96; with --full 256)")
+    p.add_argument("--k", type=int, nargs="+", default=None,
+                   help="SAT counts to sweep (default: 1 3 5; with --full 1..8)")
+    p.add_argument("--fused-k", type=int, nargs="+", default=None,
+                   help="k for the fused method (default: 3; with --full 1..6)")
     p.add_argument("--no-sampling", action="store_true", help="skip the sampling methods")
+    p.add_argument("--compile", action="store_true",
+                   help="also run the greedy ar, sdsat, tree and fused methods compiled (model.StaticModel), "
+                        "as rows named '... (compiled)'; compile time is reported apart")
     p.add_argument("--full", action="store_true", help="every prompt and method")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="bench_results", help="directory for bench.json and plots")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--out", default="bench_results", help="directory for bench.json and plots (default: %(default)s)")
     p.add_argument("--quality", action="store_true",
                    help="instead: five greedy completions and the repeated 4-gram fraction of held-out continuations")
     p.add_argument("--latency-only", action="store_true",
                    help="instead: time forwards of --sizes tokens on any checkpoint and project speedups")
-    p.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 6, 8, 16, 32], help="tokens fed (--latency-only)")
-    p.add_argument("--reps", type=int, default=5, help="timed forwards per size (--latency-only)")
-    p.add_argument("--prefix", type=int, default=128, help="cached tokens before each timed forward (--latency-only)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 6, 8, 16, 32],
+                   help="tokens fed (--latency-only; default: 1 2 4 6 8 16 32)")
+    p.add_argument("--reps", type=int, default=5, help="timed forwards per size (--latency-only; default: %(default)s)")
+    p.add_argument("--prefix", type=int, default=128,
+                   help="cached tokens before each timed forward (--latency-only; default: %(default)s)")
     p.add_argument("--project-from", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                           "bench_results", "bench.json"),
-                   help="a bench.json whose tokens per forward to project (--latency-only)")
+                   help="a bench.json whose tokens per forward to project (--latency-only; "
+                        "default: bench_results/bench.json beside bench.py)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -438,15 +584,26 @@ def main():
     ks = a.k or (list(range(1, 9)) if a.full else [1, 3, 5])
     fused_ks = a.fused_k or (list(range(1, 7)) if a.full else [3])
     device = pick_device(a.device)
-    tok = Tokenizer(a.model) if os.path.isfile(os.path.join(a.model, "tokenizer.model")) else None
-    if tok is None:
-        raise SystemExit(f"error: {a.model} has no tokenizer.model")
+    # The same checks, in the same words, as decode.py, before anything is loaded or printed.
+    args = read_config_or_exit(a.model)
+    tok = load_tokenizer_or_exit(a.model)
+    sat_id = None if a.quality else resolve_sat_id(args, a.sat_token_id)  # --quality decodes greedily only
     tree = build_tree(TREE_DEPTH5, device)
-    methods = methods_for(ks, fused_ks, sampling=a.full or not a.no_sampling)
+    if a.peers:
+        try:
+            import transformers  # noqa: F401 (only to know it is there, before anything runs)
+        except ImportError:
+            raise SystemExit("error: --peers runs transformers' generate, and transformers is not installed "
+                             "(pip install transformers)")
+    methods = methods_for(ks, fused_ks, sampling=a.full or not a.no_sampling, peers=a.peers, compiled=a.compile)
+    sets = a.prompts if a.prompts is not None else [] if a.prompts_file else ["heldout", "humaneval"]
     texts = {}
-    if "heldout" in a.prompts:
+    if a.prompts_file:
+        name = os.path.splitext(os.path.basename(a.prompts_file))[0]
+        texts[name] = file_prompts(a.prompts_file)[:a.n_prompts]  # all of them unless --n-prompts
+    if "heldout" in sets:
         texts["heldout"] = heldout_prompts(a.model, tok, n_prompts, a.prompt_tokens)
-    if "humaneval" in a.prompts:
+    if "humaneval" in sets:
         texts["humaneval"] = humaneval_prompts(n_prompts)
     encoded = {name: [tok.encode(t["text"]) for t in items] for name, items in texts.items()}
     if a.quality:
@@ -464,18 +621,25 @@ def main():
         t0 = time.perf_counter()
         model = load_or_exit(a.model, device, DTYPES[dtype])
         load_s = time.perf_counter() - t0
-        sat_id = resolve_sat_id(model, a.sat_token_id)
         longest = max(len(e) for v in encoded.values() for e in v) + max_new + tree.size + 1
         if longest > model.args.max_position_embeddings:
             print(f"note: up to {longest} positions, beyond max_position_embeddings "
                   f"{model.args.max_position_embeddings}", file=sys.stderr)
         print(f"{dtype}: loaded in {load_s:.1f}s (peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB); "
               f"{len(methods)} methods x {sum(map(len, encoded.values()))} prompts x {max_new} tokens", file=sys.stderr)
-        lat = forward_latency(model, sorted({1, 2, 4, 8, 16} | {tokens_fed(m) for m in methods}))
-        res = {"load_s": load_s, "forward_latency_s": lat, "ar_loop_overhead_s": ar_loop_overhead(model),
-               "sets": bench_dtype(model, encoded, methods, max_new, sat_id, model.args.stop_ids, tree, a.seed)}
+        lat = forward_latency(model, sorted({1, 2, 4, 8, 16} | {tokens_fed(m) for m in methods} - {None}))
+        hf = load_peer(a.model, device, DTYPES[dtype]) if a.peers else None
+        res = {"load_s": load_s, "forward_latency_s": lat, "ar_loop_overhead_s": ar_loop_overhead(model)}
+        static = None
+        if a.compile:  # one cache for every compiled run: its size is part of each graph's shape
+            widest = max(tree.size, *(tokens_fed(m) for m in methods if m.compiled))
+            static = StaticModel(model, max(len(e) for v in encoded.values() for e in v) + max_new + widest + 1)
+            first = next(iter(encoded.values()))[0]
+            res["compile"] = compile_methods(model, static, first, methods, sat_id, model.args.stop_ids, tree)
+        res["sets"] = bench_dtype(model, encoded, methods, max_new, sat_id, model.args.stop_ids, tree, a.seed, hf,
+                                  static)
         results[dtype] = res
-        del model
+        del model, hf, static
     table = markdown(results)
     print(table)
     os.makedirs(a.out, exist_ok=True)
@@ -488,4 +652,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: no traceback; 130 = 128 + SIGINT, as shells report it
+        sys.exit(130)

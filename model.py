@@ -146,8 +146,17 @@ class KVCache:
             raise ValueError(f"KV cache full: {self.length} cached + {n_new} new tokens "
                              f"exceeds max_len {self.max_len} (pass a larger max_len)")
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Store new K, V [B, n_kv, T, hd] at slots [length, length+T); return all valid ones."""
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor | None = None):
+        """Store new K, V [B, n_kv, T, hd]; return the keys and values to attend over.
+
+        Eager (slots None): at slots [length, length+T); returns the valid ones [.., length+T, ..].
+        Static (slots, a tensor [T]): at those slots; returns the whole cache [.., max_len, ..],
+        the same shape at every step, for a mask to hide what is not in use (StaticModel).
+        """
+        if slots is not None:
+            self.k[layer].index_copy_(2, slots, k)
+            self.v[layer].index_copy_(2, slots, v)
+            return self.k[layer], self.v[layer]
         end = self.length + k.shape[2]
         self.k[layer][:, :, self.length:end] = k
         self.v[layer][:, :, self.length:end] = v
@@ -225,14 +234,14 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(args.hidden_size, self.n_kv * self.hd, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.hd, args.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, prefix: int = 0):
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, slots=None, prefix: int = 0):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # [B, H, T, hd]
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # [B, Hkv, T, hd]
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.write(layer, k, v)  # [B, Hkv, L + T, hd]
+            k, v = cache.write(layer, k, v, slots)  # [B, Hkv, L + T or max_len, hd]
         if prefix:  # the prefix attends only within itself, exactly as a plain forward would
             head = self.attend(q[:, :, :prefix], k[:, :, :prefix], v[:, :, :prefix], "causal")
             out = torch.cat([head, self.attend(q[:, :, prefix:], k, v, mask)], dim=2)
@@ -266,8 +275,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.mlp = MLP(args)
 
-    def forward(self, x, cos, sin, mask, cache, layer, prefix=0):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, prefix)
+    def forward(self, x, cos, sin, mask, cache, layer, slots=None, prefix=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, slots, prefix)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -316,16 +325,27 @@ class Llama(nn.Module):
             mask = None if T == 1 else "causal" if L == 0 else causal_mask(L, T, tokens.device)
         elif mask.dtype != torch.bool:
             mask = mask.to(self.embed_tokens.weight.dtype)
+        logits = self.network(tokens, positions, mask, cache, causal_prefix=causal_prefix)
+        if cache is not None:
+            cache.length = L + T
+        return logits
+
+    def network(self, tokens, positions, mask, cache=None, slots=None, causal_prefix: int = 0):
+        """The layers themselves: logits [B, T, V], for the eager forward above and the
+        compiled static path alike (StaticModel). positions [B, T]; mask as in forward.
+
+        slots [T] (a tensor) selects the static path: the new K/V go to those cache slots,
+        attention spans the whole preallocated cache (mask [B or 1, 1, T, max_len] must
+        hide the slots not in use), and cache.length is neither read nor moved.
+        """
         x = self.embed_tokens(tokens)
         cos, sin = rope_cos_sin(positions, self.args.head_dim, self.args.rope_theta, x.dtype)
         for i, layer in enumerate(self.layers):
             if self.grad_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, cache, i, causal_prefix,
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, cache, i, slots, causal_prefix,
                                                       use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, cache, i, causal_prefix)
-        if cache is not None:
-            cache.length = L + T
+                x = layer(x, cos, sin, mask, cache, i, slots, causal_prefix)
         return self.lm_head(self.norm(x))
 
     @property
@@ -338,6 +358,89 @@ class Llama(nn.Module):
 
     def new_cache(self, max_len: int, batch_size: int = 1) -> KVCache:
         return KVCache(self.args, max_len, batch_size, self.device, self.dtype)
+
+
+# ----------------------------------------------------------------------------- compiled
+
+
+class StaticModel:
+    """The compiled decoding path. It stands in for the model in the decode loops, which
+    call it exactly as they call Llama.forward on a cache.
+
+    Eager decoding attends over cache slots [0, L + T), a shape that grows at every step:
+    torch.compile would recompile each time, or compile for dynamic shapes, slowly. Here
+    every tensor that enters the compiled graph has a shape fixed by the block width T:
+
+        tokens, positions [1, T]; slots [T]: where the new K/V go (L .. L + T - 1)
+        mask [1, 1, T, max_len]: over the whole preallocated cache, stale slots hidden
+
+            cache slots   0 1 2 3 4 5 6 7 8 9       L = 4, T = 3, max_len = 10
+                          p p p p c S S . . .       written this step: 4, 5, 6
+            mask row 0    x x x x x . . . . .       (causal: slot <= its own slot)
+            mask row 2    x x x x x x x . . .
+
+    so one graph serves every step of one width: 1 for AR, 1 + k for two-step, the tree
+    and the fused widths. The cache length stays the Python int that the loops move;
+    truncation is still only a length change, since slots beyond it are masked and later
+    overwritten. The graph runs Llama.network, the code the eager forward runs.
+
+    On CUDA the graph is also captured as a CUDA graph (mode "reduce-overhead"), which
+    removes the launch cost of each kernel; on a CPU inductor's generated C++ removes the
+    framework overhead. The prompt is prefilled eagerly (its length varies) into `cache`,
+    the one cache this path writes.
+    """
+
+    def __init__(self, model: Llama, max_len: int):
+        self.model, self.args = model, model.args
+        self.cache = model.new_cache(max_len)
+        self.cuda_graphs = model.device.type == "cuda"
+        # One graph per width; a full benchmark uses more widths than dynamo's default of 8.
+        # (cache_size_limit: the name torch 2.5 knows; later versions call it recompile_limit.)
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        # dynamic=False: never trade a fixed shape for a dynamic one on a second width.
+        if self.cuda_graphs:
+            for t in self.cache.k + self.cache.v:  # the graph writes them in place: fixed addresses
+                torch._dynamo.mark_static_address(t)
+            self.step = torch.compile(static_step, fullgraph=True, dynamic=False, mode="reduce-overhead")
+        else:  # the graph's C++ kernels are called from generated C++ too, not from Python:
+            # each kernel is short on a CPU, so the calls would cost as much as the work.
+            self.step = torch.compile(static_step, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
+
+    @property
+    def device(self):
+        return self.model.device
+
+    @property
+    def dtype(self):
+        return self.model.dtype
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+                 mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits [1, T, V], as Llama.forward: positions [1, T] and a boolean mask
+        [1, 1, T, L + T] are optional, and cache.length grows by T."""
+        if cache is not self.cache:
+            raise ValueError("the compiled path writes only its own cache: pass StaticModel.cache")
+        T, L = tokens.shape[1], cache.length
+        cache.check_room(T)
+        slots = torch.arange(L, L + T, device=tokens.device)  # [T]
+        if mask is not None:  # cover the whole cache: the slots after L + T are hidden
+            mask = F.pad(mask, (0, cache.max_len - (L + T)), value=False)
+        logits = self.step(self.model, tokens, positions, mask, cache, slots)
+        cache.length = L + T
+        # A CUDA graph overwrites its output at the next replay, while a loop may still
+        # hold these logits (a draft distribution, say): give the loop its own copy.
+        return logits.clone() if self.cuda_graphs else logits
+
+
+def static_step(model: Llama, tokens, positions, mask, cache: KVCache, slots):
+    """The compiled function of StaticModel: defaults derived from the write slots, then
+    the network. Causal: a new token sees every slot up to its own, nothing stale."""
+    if positions is None:
+        positions = slots[None]  # [1, T]
+    if mask is None:
+        keys = torch.arange(cache.max_len, device=slots.device)
+        mask = (keys[None, :] <= slots[:, None])[None, None]  # [1, 1, T, max_len]
+    return model.network(tokens, positions, mask, cache, slots)
 
 
 def causal_mask(n_cached: int, n_new: int, device=None) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """bench.py's bookkeeping: the numbers it reports are computed from the runs it makes."""
 
+import pytest
 import torch
 
 import bench
@@ -26,11 +27,12 @@ def test_repeated_ngram_fraction():
 def test_summary_is_consistent_with_the_runs():
     model = tiny_model()
     methods = [bench.Method("ar", "ar"), bench.Method("sdsat k=2", "chain", 2), bench.Method("sdsat tree", "tree", 5),
-               bench.Method("fused k=2", "fused", 2), bench.Method("sdsat k=2 T=1", "chain", 2, Warper(1.0))]
+               bench.Method("fused k=2", "fused", 2), bench.Method("sdsat k=2 T=1", "chain", 2, Warper(1.0)),
+               bench.Method("lookup", "lookup", drafts=10), bench.Method("hybrid k=2", "hybrid", 2, drafts=5)]
     prompts = {"p": [[1, 2, 3, 4], [5, 6, 7, 1, 2]]}
     res = bench.bench_dtype(model, prompts, methods, 24, 9, [], build_tree(TREE_DEPTH5), seed=0)["p"]
     assert res["ar"]["speedup"] == 1.0 and res["ar"]["tokens_per_forward"] == 1.0
-    for name in ("sdsat k=2", "sdsat tree", "fused k=2"):
+    for name in ("sdsat k=2", "sdsat tree", "fused k=2", "lookup", "hybrid k=2"):
         r = res[name]
         assert r["exact_match"] == 2  # float32 greedy: identical to autoregressive
         assert r["new_tokens"] == 48
@@ -38,6 +40,9 @@ def test_summary_is_consistent_with_the_runs():
         assert abs(r["speedup"] - r["tokens_per_s"] / res["ar"]["tokens_per_s"]) < 1e-12
     assert res["sdsat k=2"]["ceiling"] == 2.0 and res["fused k=2"]["ceiling"] == 3
     assert res["fused k=2"]["tokens_fed_per_forward"] == 1 + 2 + 3 * 2
+    assert res["lookup"]["tokens_fed_per_forward"] == 11 and res["lookup"]["ceiling"] == 11
+    assert len(res["lookup"]["acceptance_by_position"]) == 10
+    assert res["hybrid k=2"]["tokens_fed_per_forward"] == 1 + 5
     assert res["sdsat k=2 T=1"]["exact_match"] is None  # sampling: no exact-match claim
     # two-step: 2 forwards per iteration, 2 + accepted tokens per iteration
     r = res["sdsat k=2"]
@@ -72,3 +77,24 @@ def test_random_checkpoint_loads_strictly(tmp_path):
     assert model.args.sat_token_id == 299 and model.args.num_key_value_heads == 2
     bench_lat = bench.forward_latency(model, [1, 3], prefix=4, reps=1)
     assert set(bench_lat) == {1, 3} and all(t > 0 for t in bench_lat.values())
+
+
+def test_prompts_file(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"prompt": "def f(x):\\n", "id": "f"}\n\n{"prompt": "import os"}\n')
+    assert bench.file_prompts(str(path)) == [{"id": "f", "text": "def f(x):\n"}, {"id": "3", "text": "import os"}]
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"prompt": "a"}', '{"prompt": "b"'], "mine.jsonl line 2: not JSON"),
+    (['{"prompt": "a"}', '{"id": "x"}'], 'mine.jsonl line 2: expected an object with a non-empty "prompt" string'),
+    (['["a"]'], 'mine.jsonl line 1: expected an object'),
+    (['{"prompt": 3}'], 'mine.jsonl line 1: expected an object'),
+    (['', '  '], "mine.jsonl holds no prompts"),
+])
+def test_prompts_file_malformed_line_is_named(lines, message, tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit) as e:
+        bench.file_prompts(str(path))
+    assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)

@@ -1,8 +1,13 @@
-"""Every script: --help works, and a user's mistake ends in one line starting with "error:"."""
+"""Every script: --help works and shows every default, a user's mistake ends in one line
+starting with "error:" before anything is printed, and Ctrl-C ends a run quietly."""
 
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 
@@ -23,9 +28,68 @@ def test_help(script, tmp_path):
     assert proc.stdout.startswith("usage: ") and "--" in proc.stdout
 
 
+def options(help_text: str) -> dict[str, str]:
+    """--help's option entries: the first line's flags and metavar -> the help text."""
+    entries, head = {}, None
+    for line in help_text.split("options:", 1)[1].splitlines():
+        if re.match(r"  -", line):
+            head, _, text = line.strip().partition("  ")
+            entries[head] = text.strip()
+        elif head and line.strip():
+            entries[head] += " " + line.strip()
+    return entries
+
+
+@pytest.mark.parametrize("script", ["decode.py", "bench.py", "train_sat.py"])
+def test_every_option_has_help_with_its_default(script, tmp_path):
+    entries = options(run([os.path.join(REPO, script), "--help"], tmp_path).stdout)
+    assert len(entries) > 10
+    for head, text in entries.items():
+        flags = head.split(", ")
+        takes_value = " " in flags[-1] or flags[-1] == "--no-" + flags[0][2:]  # a metavar, or --x/--no-x
+        if head != "-h, --help":
+            assert text, f"{script} {head} has no help"
+        if takes_value:
+            assert "default" in text, f"{script} {head}: {text!r} does not say its default"
+
+
+def test_choices_are_listed(tmp_path):
+    train = run([os.path.join(REPO, "train_sat.py"), "--help"], tmp_path).stdout
+    decode = run([os.path.join(REPO, "decode.py"), "--help"], tmp_path).stdout
+    for flag, choices in (("--mode", "{sat,sat-only,pretrain}"), ("--std-loss", "{ce,kl}"),
+                          ("--sat-labels", "{data,self,model}")):
+        assert f"{flag} {choices}" in train
+    assert "--method {ar,sdsat,fused" in decode
+
+
+@pytest.fixture(scope="module")
+def long_position_model(tmp_path_factory):
+    """The demo model with 10 million positions in its config: only memory can stop a huge --k."""
+    src, out = os.path.join(REPO, "models", "tiny-code-llama-sat"), tmp_path_factory.mktemp("long")
+    with open(os.path.join(src, "config.json")) as f:
+        config = json.load(f)
+    with open(out / "config.json", "w") as f:
+        json.dump({**config, "max_position_embeddings": 10**7}, f)
+    for name in ("model.safetensors", "tokenizer.model"):
+        os.symlink(os.path.join(src, name), out / name)
+    return str(out)
+
+
 @pytest.mark.parametrize("args, message", [
-    (["decode.py", "--method", "ar", "--tree"], "error: --tree needs --method sdsat"),
+    (["decode.py", "--method", "ar", "--tree"], "error: --tree does nothing with --method ar"),
+    (["decode.py", "--method", "fused", "--tree"], "error: --tree does nothing with --method fused"),
+    (["decode.py", "--method", "ar", "--trace"], "error: --trace does nothing with --method ar"),
+    (["decode.py", "--method", "ar", "--k", "3"], "error: --k does nothing with --method ar"),
+    (["decode.py", "--sat-token-id", "4"], "error: --sat-token-id does nothing with --method ar"),
+    (["decode.py", "--method", "sdsat", "--tree", "--k", "3"], "error: --k does nothing with --tree"),
+    (["decode.py", "--method", "sdsat", "--sat-token-id", "99999"], "error: SAT id 99999 is outside the vocabulary"),
+    (["decode.py", "--method", "fused", "--k", "1000", "--max-new-tokens", "8"],
+     "error: --method fused --k 1000 puts SATs up to position 2018"),
+    (["decode.py", "--method", "sdsat", "--k", "600"], "error: --method sdsat --k 600 puts SATs up to position 739"),
+    (["decode.py", "--method", "sdsat", "--tree", "--max-new-tokens", "497"], "error: --tree puts SATs up to"),
     (["decode.py", "--model", "missing-dir"], "error: model directory missing-dir does not exist"),
+    (["bench.py", "--model", "missing-dir"], "error: model directory missing-dir does not exist"),
+    (["bench.py", "--sat-token-id", "99999"], "error: SAT id 99999 is outside the vocabulary"),
     (["bench.py", "--latency-only", "--sizes", "0"], "error: --sizes, --reps and --prefix must be positive"),
     (["train_sat.py", "--data", "missing-dir", "--out", "run"], "error: missing-dir has no train.bin"),
     (["corpus.py", "--out", "data", "--root", "missing-dir"], "error: --root missing-dir does not exist"),
@@ -36,3 +100,111 @@ def test_user_mistakes_are_one_line_errors(args, message, tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
+    if args[0] != "train_sat.py":  # (it names the model it starts from first)
+        assert proc.stdout == ""  # refused before any output
+
+
+@pytest.mark.parametrize("method, k", [("sdsat", "3000"), ("fused", "3000")])
+def test_k_beyond_memory_is_refused_before_anything_is_allocated(method, k, long_position_model, tmp_path):
+    proc = run([os.path.join(REPO, "decode.py"), "--model", long_position_model, "--method", method, "--k", k,
+                "--max-new-tokens", "4"], tmp_path)
+    if method == "sdsat":  # 3,001 tokens a pass: it fits, and runs
+        assert proc.returncode == 0, proc.stderr
+        return
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert re.fullmatch(r"error: --method fused --k 3000 needs about [\d,]+ GiB at once \(a KV cache of 9,006,\d+ "
+                        r"tokens, a forward pass of 9,006,001\), more than the [\d,]+ GiB of .*", proc.stderr.strip())
+
+
+def test_sampling_options_at_temperature_0_warn_in_one_line(tmp_path):
+    proc = run([os.path.join(REPO, "decode.py"), "--top-p", "0.9", "--seed", "3", "--max-new-tokens", "2"], tmp_path)
+    assert proc.returncode == 0
+    assert "warning: greedy decoding (--temperature 0) ignores --top-p, --seed\n" in proc.stderr
+
+
+def test_stdout_ends_with_a_newline(tmp_path):
+    for extra in ([], ["--method", "sdsat", "--trace"]):
+        proc = run([os.path.join(REPO, "decode.py"), "--prompt", "x = (", "--max-new-tokens", "3", *extra], tmp_path)
+        assert proc.returncode == 0 and proc.stdout.endswith("\n"), proc.stdout
+
+
+@pytest.mark.parametrize("extra", [["--method", "sdsat"], ["--method", "sdsat", "--tree"], ["--method", "fused"]])
+def test_trace_teaches(extra, tmp_path):
+    proc = run([os.path.join(REPO, "decode.py"), *extra, "--trace", "--max-new-tokens", "40"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.count("✓ accepted   ✗ rejected   · never checked") == 1  # the legend, once
+    assert "\033[" not in out  # colours only on a terminal
+    passes = [line.split()[0] for line in out.split("\n\n")[1].splitlines()]
+    if "fused" in extra:
+        assert set(passes) == {"fused"} and "next guesses from group" in out
+        assert "unaccepted guesses and all 30 SATs dropped" in out
+    else:  # a draft pass, then its verify pass
+        assert passes[::2] == ["draft"] * len(passes[::2]) and passes[1::2] == ["verify"] * len(passes[1::2])
+        assert "| cache" in out and ": the SATs are dropped" in out
+    if "--tree" in extra:
+        assert "other nodes dropped" in out and "no branch holds the model's choice" in out
+    else:  # a rejected guess and those after it, never checked, look different
+        assert re.search(r"'✗ '[^']*'·", out)
+
+
+def sigint_after(cmd: list[str], ready: str, tmp_path, stream: str = "stdout"):
+    """Start cmd, wait for a line starting with `ready` on the stream, press Ctrl-C."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=tmp_path)
+    for line in getattr(proc, stream):
+        if line.startswith(ready):
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A tiny corpus built by corpus.py from 20 standard-library files."""
+    import corpus
+    src = tmp_path_factory.mktemp("src")
+    std = sysconfig.get_paths()["stdlib"]
+    for name in sorted(f for f in os.listdir(std) if f.endswith(".py"))[:20]:
+        os.symlink(os.path.join(std, name), src / name)
+    out = tmp_path_factory.mktemp("data")
+    corpus.build(str(out), vocab_size=400, root=str(src))
+    return str(out)
+
+
+def test_ctrl_c_is_quiet_with_status_130(tmp_path, data_dir):
+    # decode: during generation (the prompt line is printed just before the loop starts)
+    rc, err = sigint_after([os.path.join(REPO, "decode.py"), "--method", "sdsat", "--max-new-tokens", "400",
+                            "--prompt", "import os\n"], "import os", tmp_path)
+    assert rc == 130 and "Traceback" not in err, err
+    rc, err = sigint_after([os.path.join(REPO, "bench.py"), "--latency-only", "--reps", "100000", "--sizes", "1",
+                            "--dtype", "float32", "--out", str(tmp_path)], "float32:", tmp_path, "stderr")
+    assert rc == 130 and "Traceback" not in err, err
+    rc, err = sigint_after([os.path.join(REPO, "train_sat.py"), "--mode", "pretrain", "--data", data_dir,
+                            "--out", str(tmp_path / "run"), "--dim", "32", "--n-layers", "1", "--n-heads", "2",
+                            "--ffn", "64", "--seq-len", "32", "--batch-size", "2", "--steps", "100000",
+                            "--log-every", "1", "--eval-every", "100000", "--threads", "1"], "step ", tmp_path)
+    assert rc == 130 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"prompt": "import os"}', "def f(): pass"], "error: my_prompts.jsonl line 2: not JSON"),
+    (['{"text": "import os"}'], 'error: my_prompts.jsonl line 1: expected an object with a non-empty "prompt"'),
+])
+def test_bench_prompts_file_mistake_is_one_line_error(lines, message, tmp_path):
+    (tmp_path / "my_prompts.jsonl").write_text("\n".join(lines) + "\n")
+    proc = run([os.path.join(REPO, "bench.py"), "--prompts-file", "my_prompts.jsonl"], tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(message), proc.stderr
+
+
+def test_bench_peers_without_transformers_is_one_line(tmp_path):
+    (tmp_path / "transformers.py").write_text("raise ImportError('not installed here')\n")  # shadows the real one
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "bench.py"), "--peers"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("error: --peers runs transformers' generate, and transformers is not installed "
+                                   "(pip install transformers)")

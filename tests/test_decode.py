@@ -12,13 +12,13 @@ import pytest
 import torch
 
 import decode
-from decode import (TREE_DEPTH5, build_tree, fused_layout, generate_ar, generate_fused, generate_sdsat,
-                    generate_sdsat_tree, prefill)
+from decode import (TREE_DEPTH5, build_tree, fused_layout, generate_ar, generate_fused, generate_hybrid,
+                    generate_lookup, generate_sdsat, generate_sdsat_tree, lookup_drafts, prefill)
 from model import KVCache, Llama, ModelArgs, init_weights
 from sampling import Warper, sample
 
 
-def tiny_model(vocab=50, seed=0, layers=2, dim=32, heads=4, kv_heads=2, std=0.5) -> Llama:
+def tiny_model(vocab=50, seed=0, layers=2, dim=32, heads=4, kv_heads=2, std=0.5, device="cpu") -> Llama:
     """A random float32 model whose last id is the SAT. A large init std makes its
     distributions peaked, so greedy choices are far from ties."""
     torch.manual_seed(seed)
@@ -26,14 +26,14 @@ def tiny_model(vocab=50, seed=0, layers=2, dim=32, heads=4, kv_heads=2, std=0.5)
                      num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
                      eos_token_id=None, sat_token_id=vocab - 1, max_position_embeddings=512)
     model = Llama(args)
-    init_weights(model, std=std)
-    return model.eval()
+    init_weights(model, std=std)  # drawn on the CPU: the same weights on every device
+    return model.eval().to(device)
 
 
 def run(model, prompt, method, max_new, warper=Warper(), k=3, stop_ids=(), seed=0, trace=None, cache_len=256):
     """Prefill a fresh cache and decode; returns (tokens, stats, cache)."""
     cache = model.new_cache(cache_len)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(model.device).manual_seed(seed)
     logits = prefill(model, cache, prompt)
     sat = model.args.sat_token_id
     if method == "ar":
@@ -42,9 +42,15 @@ def run(model, prompt, method, max_new, warper=Warper(), k=3, stop_ids=(), seed=
         out = generate_sdsat(model, cache, logits, max_new, warper, k, sat, stop_ids, gen, trace=trace)
     elif method == "fused":
         out = generate_fused(model, cache, logits, max_new, warper, k, sat, stop_ids, gen, trace=trace)
+    elif method == "lookup":
+        out = generate_lookup(model, cache, logits, max_new, warper, prompt, stop_ids=stop_ids, generator=gen,
+                              trace=trace)
+    elif method == "hybrid":
+        out = generate_hybrid(model, cache, logits, max_new, warper, prompt, k, sat, stop_ids=stop_ids,
+                              generator=gen, trace=trace)
     else:
-        out = generate_sdsat_tree(model, cache, logits, max_new, warper, sat, build_tree(TREE_DEPTH5),
-                                  stop_ids, gen, trace=trace)
+        out = generate_sdsat_tree(model, cache, logits, max_new, warper, sat,
+                                  build_tree(TREE_DEPTH5, model.device), stop_ids, gen, trace=trace)
     return out[0], out[1], cache
 
 
@@ -52,7 +58,7 @@ def uncached_greedy(model, prompt, n):
     ids = list(prompt)
     with torch.no_grad():
         for _ in range(n):
-            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+            ids.append(int(model(torch.tensor([ids], device=model.device))[0, -1].argmax()))
     return ids[len(prompt):]
 
 
@@ -62,15 +68,15 @@ PROMPT = [1, 3, 0, 2, 5]
 # ----------------------------------------------------------------------------- autoregressive
 
 
-def test_ar_cached_equals_uncached():
-    model = tiny_model()
+def test_ar_cached_equals_uncached(device):
+    model = tiny_model(device=device)
     tokens, stats, _ = run(model, PROMPT, "ar", 40)
     assert tokens == uncached_greedy(model, PROMPT, 40)
     assert stats.forwards == 39 and stats.new_tokens == 40
 
 
-def test_ar_stop_and_budget():
-    model = tiny_model()
+def test_ar_stop_and_budget(device):
+    model = tiny_model(device=device)
     full, _, _ = run(model, PROMPT, "ar", 30)
     for i in (0, 5, 17):
         stopped, _, _ = run(model, PROMPT, "ar", 30, stop_ids=[full[i]])
@@ -79,15 +85,15 @@ def test_ar_stop_and_budget():
         assert run(model, PROMPT, "ar", n)[0] == full[:n]
 
 
-def test_ar_sampling_reproducible():
-    model = tiny_model()
+def test_ar_sampling_reproducible(device):
+    model = tiny_model(device=device)
     w = Warper(temperature=1.0, top_p=0.9)
     a, b, c = (run(model, PROMPT, "ar", 30, w, seed=s)[0] for s in (1, 1, 2))
     assert a == b and a != c
 
 
-def test_prompt_longer_than_cache_is_a_clear_error():
-    model = tiny_model()
+def test_prompt_longer_than_cache_is_a_clear_error(device):
+    model = tiny_model(device=device)
     with pytest.raises(ValueError, match="max_len"):
         run(model, list(range(1, 40)), "ar", 5, cache_len=20)
     with pytest.raises(ValueError, match="max_len"):  # the budget overflows during decoding
@@ -98,28 +104,28 @@ def test_prompt_longer_than_cache_is_a_clear_error():
 
 
 @pytest.mark.parametrize("k", range(1, 9))
-def test_sdsat_greedy_equals_ar_random_model(k):
+def test_sdsat_greedy_equals_ar_random_model(k, device):
     # A 12-token vocabulary: drafts are accepted often enough to see every case.
     for seed in range(3):
-        model = tiny_model(vocab=12, seed=seed)
+        model = tiny_model(vocab=12, seed=seed, device=device)
         ar, _, _ = run(model, PROMPT, "ar", 60)
         sd, stats, _ = run(model, PROMPT, "sdsat", 60, k=k)
         assert sd == ar
         assert stats.new_tokens == 60
 
 
-def test_sdsat_random_models_cover_all_accept_counts():
+def test_sdsat_random_models_cover_all_accept_counts(device):
     seen = set()
     for seed in range(6):
-        _, stats, _ = run(tiny_model(vocab=8, seed=seed), PROMPT, "sdsat", 80, k=3)
+        _, stats, _ = run(tiny_model(vocab=8, seed=seed, device=device), PROMPT, "sdsat", 80, k=3)
         seen |= set(stats.accepted)
     assert seen == {0, 1, 2, 3}
 
 
-def constant_model(vocab=20, token=5) -> Llama:
+def constant_model(vocab=20, token=5, device="cpu") -> Llama:
     """Output independent of the input: every embedding row is the same, every block adds
     nothing (zeroed output projections), and lm_head scores only `token`."""
-    model = tiny_model(vocab=vocab)
+    model = tiny_model(vocab=vocab, device=device)
     with torch.no_grad():
         for layer in model.layers:
             layer.self_attn.o_proj.weight.zero_()
@@ -131,8 +137,8 @@ def constant_model(vocab=20, token=5) -> Llama:
 
 
 @pytest.mark.parametrize("k", range(1, 9))
-def test_sdsat_greedy_full_acceptance_constant_model(k):
-    model = constant_model()
+def test_sdsat_greedy_full_acceptance_constant_model(k, device):
+    model = constant_model(device=device)
     events = []
     tokens, stats, cache = run(model, PROMPT, "sdsat", 50, k=k, trace=events.append)
     assert tokens == [5] * 50 == run(model, PROMPT, "ar", 50)[0]
@@ -204,8 +210,8 @@ def test_stop_id_at_every_position_of_an_accepted_block(k):
         assert run(model, prompt, "sdsat", n, k=k, cache_len=400)[0] == full[:n]
 
 
-def test_stop_ids_random_model_match_ar():
-    model = tiny_model(vocab=12, seed=1)
+def test_stop_ids_random_model_match_ar(device):
+    model = tiny_model(vocab=12, seed=1, device=device)
     full, _, _ = run(model, PROMPT, "ar", 40)
     for stop in set(full):
         ar, _, _ = run(model, PROMPT, "ar", 40, stop_ids=[stop])
@@ -217,10 +223,10 @@ def test_stop_ids_random_model_match_ar():
 
 
 @pytest.mark.parametrize("k", range(1, 7))
-def test_fused_greedy_equals_ar(k):
+def test_fused_greedy_equals_ar(k, device):
     seen = set()
     for seed in range(3):
-        model = tiny_model(vocab=8, seed=seed)
+        model = tiny_model(vocab=8, seed=seed, device=device)
         ar, _, _ = run(model, PROMPT, "ar", 60)
         fu, stats, _ = run(model, PROMPT, "fused", 60, k=k)
         assert fu == ar
@@ -236,15 +242,15 @@ def test_fused_layout_k2():
     assert mask.tolist() == [[c == "x" for c in r] for r in rows]
 
 
-def test_fused_cache_after_each_pass_equals_refeeding():
-    model = tiny_model(vocab=8, seed=2)
+def test_fused_cache_after_each_pass_equals_refeeding(device):
+    model = tiny_model(vocab=8, seed=2, device=device)
     k, emitted = 3, []
 
     def check(ev):
         # after the pass: cache = prompt + every emitted token except the bonus (the new cur)
         ref = model.new_cache(256)
         with torch.no_grad():
-            model(torch.tensor([PROMPT + emitted + ev["drafts"][:ev["accepted"]]]), cache=ref)
+            model(torch.tensor([PROMPT + emitted + ev["drafts"][:ev["accepted"]]], device=device), cache=ref)
         assert cache.length == ref.length
         for layer in range(model.args.num_hidden_layers):
             torch.testing.assert_close(cache.k[layer][:, :, :ref.length], ref.k[layer][:, :, :ref.length],
@@ -253,7 +259,7 @@ def test_fused_cache_after_each_pass_equals_refeeding():
 
     checks = []
     cache = model.new_cache(256)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device).manual_seed(0)
     logits = prefill(model, cache, PROMPT)
     tokens, _ = generate_fused(model, cache, logits, 40, Warper(), k, model.args.sat_token_id, generator=gen,
                                on_tokens=emitted.extend, trace=check)
@@ -263,8 +269,8 @@ def test_fused_cache_after_each_pass_equals_refeeding():
 # ----------------------------------------------------------------------------- tree
 
 
-def test_tree_buffers_depth5():
-    tree = build_tree(TREE_DEPTH5)
+def test_tree_buffers_depth5(device):
+    tree = build_tree(TREE_DEPTH5, device)
     assert tree.size == 29 and tree.max_depth == 5
     assert [int((tree.depth == d).sum()) for d in range(6)] == [1, 4, 8, 8, 5, 3]
     paths = tree.leaf_paths()
@@ -279,9 +285,9 @@ def test_tree_buffers_depth5():
         assert tree.depth[node] == len(ranks) and tree.rank[node] == ranks[-1]
 
 
-def test_tree_greedy_equals_ar():
+def test_tree_greedy_equals_ar(device):
     for seed in range(4):
-        model = tiny_model(vocab=10, seed=seed)
+        model = tiny_model(vocab=10, seed=seed, device=device)
         ar, _, _ = run(model, PROMPT, "ar", 60)
         tr, stats, _ = run(model, PROMPT, "tree", 60)
         assert tr == ar
@@ -289,15 +295,15 @@ def test_tree_greedy_equals_ar():
 
 
 @pytest.mark.parametrize("method", ["sdsat", "tree", "fused"])
-def test_cache_after_decoding_equals_refeeding(method):
+def test_cache_after_decoding_equals_refeeding(method, device):
     """After decoding (with truncation or tree compaction), the cache holds exactly what
     feeding prompt + emitted tokens (all but the last, which is `cur`) from scratch gives."""
-    model = tiny_model(vocab=10, seed=3)
+    model = tiny_model(vocab=10, seed=3, device=device)
     tokens, stats, cache = run(model, PROMPT, method, 37, k=4)
     assert sum(stats.accepted) > 0
     ref = model.new_cache(256)
     with torch.no_grad():
-        model(torch.tensor([PROMPT + tokens[:-1]]), cache=ref)
+        model(torch.tensor([PROMPT + tokens[:-1]], device=device), cache=ref)
     # the loop stops right after an emission, so the last emitted block may be uncached
     n = cache.length
     assert n <= ref.length
@@ -328,7 +334,7 @@ def exact_tokens23_dist(model, prompt, warper):
 
     def probs(ids):
         with torch.no_grad():
-            return warper.probs(model(torch.tensor([ids]))[0, -1]).tolist()
+            return warper.probs(model(torch.tensor([ids], device=model.device))[0, -1]).tolist()
 
     dist = {}
     for t1, p1 in enumerate(probs(prompt)):
@@ -356,7 +362,8 @@ SMALL_TREE = build_tree([[0], [1], [0, 0], [0, 1], [1, 0]])
 
 def sampled_tokens23_counts(model, prompt, method, warper, sat_id, k=2):
     counts = {}
-    gen = torch.Generator().manual_seed(1234)
+    gen = torch.Generator(model.device).manual_seed(1234)
+    tree = build_tree(SMALL_TREE.paths, model.device)
     cache = model.new_cache(64)
     logits = prefill(model, cache, prompt)
     for _ in range(N_RUNS):
@@ -365,15 +372,19 @@ def sampled_tokens23_counts(model, prompt, method, warper, sat_id, k=2):
             out, _ = generate_sdsat(model, cache, logits, 3, warper, k, sat_id, generator=gen)
         elif method == "fused":
             out, _ = generate_fused(model, cache, logits, 3, warper, k, sat_id, generator=gen)
+        elif method == "lookup":
+            out, _ = generate_lookup(model, cache, logits, 3, warper, prompt, generator=gen)
+        elif method == "hybrid":
+            out, _ = generate_hybrid(model, cache, logits, 3, warper, prompt, k, sat_id, generator=gen)
         else:
-            out, _ = generate_sdsat_tree(model, cache, logits, 3, warper, sat_id, SMALL_TREE, generator=gen)
+            out, _ = generate_sdsat_tree(model, cache, logits, 3, warper, sat_id, tree, generator=gen)
         counts[tuple(out[1:3])] = counts.get(tuple(out[1:3]), 0) + 1
     return counts
 
 
-def sampling_model():
+def sampling_model(device="cpu"):
     # 3 real tokens + the SAT (which the model may also sample, like any token)
-    return tiny_model(vocab=4, seed=7, std=0.4)
+    return tiny_model(vocab=4, seed=7, std=0.4, device=device)
 
 
 SAMPLING_PROMPT = [1, 0, 2]
@@ -381,8 +392,8 @@ SAMPLING_PROMPT = [1, 0, 2]
 
 @pytest.mark.parametrize("method", ["sdsat", "tree", "fused"])
 @pytest.mark.parametrize("drafts", ["own", "bad"])
-def test_sdsat_sampling_matches_ar_distribution(method, drafts):
-    model = sampling_model()
+def test_sdsat_sampling_matches_ar_distribution(method, drafts, device):
+    model = sampling_model(device=device)
     warper = Warper(temperature=1.0)
     # "bad": a real token in the SAT's place, so the drafts come from a wrong distribution
     sat = model.args.sat_token_id if drafts == "own" else 2
@@ -393,7 +404,7 @@ def test_sdsat_sampling_matches_ar_distribution(method, drafts):
     assert chi2 < chi2_999(len(dist) - 1), (chi2, counts)
 
 
-def test_official_biased_rule_fails_the_same_test(monkeypatch):
+def test_official_biased_rule_fails_the_same_test(monkeypatch, device):
     """The release's rule: accept a draft if an independent target sample equals it, else
     emit a fresh target sample. A drafted token is then emitted with probability
     p(2 - p) > p. The same statistical test must reject it."""
@@ -404,7 +415,7 @@ def test_official_biased_rule_fails_the_same_test(monkeypatch):
                 return j, sample(p[j], generator)
         return len(drafts), sample(p[-1], generator)
 
-    model = sampling_model()
+    model = sampling_model(device=device)
     warper = Warper(temperature=1.0)
     dist = exact_tokens23_dist(model, SAMPLING_PROMPT, warper)
     monkeypatch.setattr(decode, "accept_drafts", biased_accept)
@@ -413,11 +424,125 @@ def test_official_biased_rule_fails_the_same_test(monkeypatch):
     assert chi2 > chi2_999(len(dist) - 1), chi2  # measured: 65 against a threshold of 37.8
 
 
-def test_sdsat_sampling_with_top_k_and_top_p():
-    model = tiny_model(vocab=6, seed=7, std=0.4)
+def test_sdsat_sampling_with_top_k_and_top_p(device):
+    model = tiny_model(vocab=6, seed=7, std=0.4, device=device)
     warper = Warper(temperature=0.8, top_k=4, top_p=0.9)
     dist = exact_tokens23_dist(model, SAMPLING_PROMPT, warper)
     assert len(dist) < 36  # the warper did cut the support
     counts = sampled_tokens23_counts(model, SAMPLING_PROMPT, "sdsat", warper, model.args.sat_token_id)
     chi2 = chi_square(counts, dist, N_RUNS)  # also asserts nothing outside the support
+    assert chi2 < chi2_999(len(dist) - 1), (chi2, counts)
+
+
+# ----------------------------------------------------------------------------- prompt lookup, hybrid
+
+
+def test_lookup_drafts_latest_match_longest_ngram_first():
+    ids = [1, 2, 3, 7, 5, 2, 3, 8, 2, 3]  # no earlier (8, 2, 3); (2, 3) at 1 and 5: the latest wins
+    assert lookup_drafts(ids) == [8, 2, 3]
+    assert lookup_drafts(ids, max_drafts=2) == [8, 2]
+    ids = [4, 2, 3, 9, 2, 3, 6, 4, 2, 3]  # (4, 2, 3) at 0 beats the later (2, 3) at 4
+    assert lookup_drafts(ids) == [9, 2, 3, 6, 4, 2, 3]
+    assert lookup_drafts(ids, max_ngram=2) == [6, 4, 2, 3]
+    assert lookup_drafts([5, 6, 7, 5]) == [6, 7, 5]  # only the last token recurs
+    assert lookup_drafts([5, 6, 7, 5], min_ngram=2) == []
+    assert lookup_drafts([7, 7, 7, 7]) == [7]  # overlapping occurrences count
+    assert lookup_drafts([1, 2, 3]) == [] and lookup_drafts([4]) == []
+
+
+REPEATING = [1, 3, 0, 2, 5, 1, 3, 0, 2, 5, 1, 3]  # copies itself: lookup has drafts from the start
+
+
+@pytest.mark.parametrize("method", ["lookup", "hybrid"])
+def test_lookup_greedy_equals_ar(method, device):
+    accepted = 0
+    for seed in range(4):
+        for vocab in (8, 50):
+            model = tiny_model(vocab=vocab, seed=seed, device=device)
+            for prompt in (PROMPT, REPEATING):
+                ar, _, _ = run(model, prompt, "ar", 60)
+                out, stats, _ = run(model, prompt, method, 60, k=3)
+                assert out == ar
+                assert stats.new_tokens == 60
+                accepted += sum(stats.accepted)
+    assert accepted > 50
+
+
+def test_hybrid_uses_copies_sat_guesses_and_draft_passes(device):
+    model = tiny_model(vocab=8, seed=1, device=device)
+    events = []
+    out, stats, _ = run(model, PROMPT, "hybrid", 80, k=3, trace=events.append)
+    assert out == run(model, PROMPT, "ar", 80)[0]
+    assert {e["drafts_from"] for e in events} == {"copy", "SAT", "none"}
+    assert all(e["drafts"] == [] for e in events if e["drafts_from"] == "none")
+
+
+@pytest.mark.parametrize("method", ["lookup", "hybrid"])
+def test_lookup_scripted_model_every_copy_accepted(method):
+    # SCRIPT repeats every 11 tokens, so once 11 + 2 tokens are known every copy is right.
+    # The SATs' guesses are all wrong (good = 0): the hybrid must still equal the script.
+    model = ScriptedModel(SCRIPT, 0, 11)
+    prompt = SCRIPT[:14]
+    events = []
+    tokens, stats, cache = run(model, prompt, method, 60, k=2, trace=events.append)
+    assert tokens == SCRIPT[14:74]
+    copies = [e for e in events if e.get("drafts_from", "copy") == "copy"]
+    assert len(copies) == len(events) and all(e["accepted"] == len(e["drafts"]) for e in events)
+    most = 10 if method == "lookup" else 5  # copies per pass: at most 10 (as transformers), 5 in the hybrid
+    assert [len(e["drafts"]) for e in events[:5]] == [most] * 5
+    L = len(prompt)
+    for e in events:  # fed: cur + m copies (no SATs beside copies); kept: all of them
+        m = len(e["drafts"])
+        assert e["cache_before"] == L + 1 + m
+        assert e["cache_after"] == L + 1 + m
+        L = e["cache_after"]
+
+
+@pytest.mark.parametrize("method", ["lookup", "hybrid"])
+def test_lookup_stop_id_at_every_slot_and_budget(method):
+    model = ScriptedModel(SCRIPT, 2, 11)
+    prompt = SCRIPT[:14]
+    full, _, _ = run(model, prompt, method, 40, k=2)
+    assert full == SCRIPT[14:54]
+    for stop in range(11):  # the 11 token values fill the slots of the first accepted block
+        out, _, _ = run(model, prompt, method, 40, k=2, stop_ids=[stop])
+        assert out == full[:full.index(stop) + 1]
+    for n in range(1, 25):
+        assert run(model, prompt, method, n, k=2)[0] == full[:n]
+
+
+@pytest.mark.parametrize("method", ["lookup", "hybrid"])
+def test_lookup_stop_ids_random_model_match_ar(method, device):
+    model = tiny_model(vocab=12, seed=1, device=device)
+    full, _, _ = run(model, REPEATING, "ar", 40)
+    for stop in set(full):
+        ar, _, _ = run(model, REPEATING, "ar", 40, stop_ids=[stop])
+        assert run(model, REPEATING, method, 40, k=4, stop_ids=[stop])[0] == ar
+
+
+@pytest.mark.parametrize("method", ["lookup", "hybrid"])
+def test_lookup_cache_equals_refeeding(method, device):
+    model = tiny_model(vocab=10, seed=3, device=device)
+    tokens, stats, cache = run(model, REPEATING, method, 37, k=4)
+    assert sum(stats.accepted) > 0
+    ref = model.new_cache(256)
+    with torch.no_grad():
+        model(torch.tensor([REPEATING + tokens[:-1]], device=device), cache=ref)
+    n = cache.length
+    assert n <= ref.length
+    for layer in range(model.args.num_hidden_layers):
+        torch.testing.assert_close(cache.k[layer][:, :, :n], ref.k[layer][:, :, :n], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cache.v[layer][:, :, :n], ref.v[layer][:, :, :n], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lookup", "hybrid"])
+def test_lookup_sampling_matches_ar_distribution(method, device):
+    # The prompt repeats itself, so tokens 2 and 3 are decided by accepting or rejecting
+    # copies (point-mass drafts) and, in the hybrid, SAT guesses.
+    model = sampling_model(device=device)
+    prompt = [1, 0, 2, 1, 0, 2, 1, 0]
+    warper = Warper(temperature=1.0)
+    dist = exact_tokens23_dist(model, prompt, warper)
+    counts = sampled_tokens23_counts(model, prompt, method, warper, model.args.sat_token_id)
+    chi2 = chi_square(counts, dist, N_RUNS)
     assert chi2 < chi2_999(len(dist) - 1), (chi2, counts)

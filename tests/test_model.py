@@ -55,15 +55,15 @@ def save_hf(hf: LlamaForCausalLM, path, **kwargs) -> str:
     return str(path)
 
 
-def tokens(*shape, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
+def tokens(*shape, seed: int = 1, device="cpu") -> torch.Tensor:
+    return torch.randint(0, VOCAB, shape, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
-def our_model(seed: int = 0, **overrides) -> model.Llama:
-    """A random model of our own (no transformers involved)."""
+def our_model(seed: int = 0, device="cpu", **overrides) -> model.Llama:
+    """A random model of our own (no transformers involved), drawn on the CPU."""
     torch.manual_seed(seed)
     args = ModelArgs(**{**BASE, **overrides})
-    return randomize_(model.Llama(args), seed).eval()
+    return randomize_(model.Llama(args), seed).eval().to(device)
 
 
 def read_json(path):
@@ -176,9 +176,9 @@ def test_greedy_matches_transformers_generate(kv_heads, tmp_path):
 
 
 @pytest.mark.parametrize("step", [1, 3])
-def test_incremental_decoding_matches_full_forward(step):
-    m = our_model(num_key_value_heads=2)
-    x = tokens(2, 14)
+def test_incremental_decoding_matches_full_forward(step, device):
+    m = our_model(num_key_value_heads=2, device=device)
+    x = tokens(2, 14, device=device)
     with torch.no_grad():
         full = m(x)
         cache = m.new_cache(14, batch_size=2)
@@ -190,9 +190,9 @@ def test_incremental_decoding_matches_full_forward(step):
     torch.testing.assert_close(inc, full, atol=1e-5, rtol=0)
 
 
-def test_truncate_then_new_block():
-    m = our_model(num_key_value_heads=2)
-    P, A, B = tokens(1, 6, seed=1), tokens(1, 7, seed=2), tokens(1, 3, seed=3)
+def test_truncate_then_new_block(device):
+    m = our_model(num_key_value_heads=2, device=device)
+    P, A, B = (tokens(1, n, seed=seed, device=device) for n, seed in ((6, 1), (7, 2), (3, 3)))
     with torch.no_grad():
         cache = m.new_cache(32)
         m(P, cache=cache)
@@ -215,36 +215,36 @@ def test_truncate_then_new_block():
         torch.testing.assert_close(cache.v[layer][:, :, :9], fresh.v[layer][:, :, :9], atol=1e-6, rtol=0)
 
 
-def test_cache_overflow_and_bad_truncate():
-    m = our_model()
+def test_cache_overflow_and_bad_truncate(device):
+    m = our_model(device=device)
     cache = m.new_cache(8)
     with torch.no_grad():
-        m(tokens(1, 6), cache=cache)
+        m(tokens(1, 6, device=device), cache=cache)
         with pytest.raises(ValueError, match="max_len"):
-            m(tokens(1, 3), cache=cache)
+            m(tokens(1, 3, device=device), cache=cache)
         assert cache.length == 6  # the failed call wrote nothing
-        m(tokens(1, 2), cache=cache)  # exactly full is fine
+        m(tokens(1, 2, device=device), cache=cache)  # exactly full is fine
         assert cache.length == 8
         with pytest.raises(ValueError, match="max_len"):
-            m(tokens(1, 1), cache=cache)
+            m(tokens(1, 1, device=device), cache=cache)
     with pytest.raises(ValueError):
         cache.truncate(9)
     with pytest.raises(ValueError):
         cache.truncate(-1)
     assert cache.length == 8
     with pytest.raises(ValueError, match="max_len"):
-        m(tokens(1, 9), cache=m.new_cache(8))
+        m(tokens(1, 9, device=device), cache=m.new_cache(8))
 
 
-def test_compact_layer0_matches_feeding_only_kept_tokens():
+def test_compact_layer0_matches_feeding_only_kept_tokens(device):
     """Layer 0 K/V depend only on (token, position): compact must gather exactly them."""
-    m = our_model(num_key_value_heads=2)
-    P = tokens(1, 5, seed=1)
+    m = our_model(num_key_value_heads=2, device=device)
+    P = tokens(1, 5, seed=1, device=device)
     L = P.shape[1]
-    block = tokens(1, 6, seed=2)
+    block = tokens(1, 6, seed=2, device=device)
     keep = [L, L + 2, L + 5]
     # kept tokens (block offsets 0, 2, 5) carry contiguous positions L, L+1, L+2
-    positions = torch.tensor([L, L + 1, L + 1, L + 2, L + 2, L + 2])
+    positions = torch.tensor([L, L + 1, L + 1, L + 2, L + 2, L + 2], device=device)
     with torch.no_grad():
         cache = m.new_cache(16)
         m(P, cache=cache)
@@ -261,7 +261,7 @@ def test_compact_layer0_matches_feeding_only_kept_tokens():
     torch.testing.assert_close(cache.v[0][:, :, :L + 3], fresh.v[0][:, :, :L + 3], atol=1e-6, rtol=0)
 
 
-def test_tree_mask_then_compact_matches_sequential_all_layers():
+def test_tree_mask_then_compact_matches_sequential_all_layers(device):
     """A tree-shaped mask plus compact leaves the cache as if only the kept path was fed.
 
     Block of 6 after prefix P; the kept path is offsets 0, 2, 5 (positions L, L+1, L+2).
@@ -269,12 +269,12 @@ def test_tree_mask_then_compact_matches_sequential_all_layers():
     distractors at the same positions. Then every layer's K/V, and the next token's
     logits, must match a fresh cache fed P + path.
     """
-    m = our_model(num_key_value_heads=2)
-    P, block, nxt = tokens(1, 5, seed=1), tokens(1, 6, seed=2), tokens(1, 1, seed=3)
+    m = our_model(num_key_value_heads=2, device=device)
+    P, block, nxt = (tokens(1, n, seed=seed, device=device) for n, seed in ((5, 1), (6, 2), (1, 3)))
     L = P.shape[1]
     path = [0, 2, 5]
-    positions = torch.tensor([L, L + 1, L + 1, L + 2, L + 2, L + 2])
-    mask = torch.zeros(1, 1, 6, L + 6, dtype=torch.bool)
+    positions = torch.tensor([L, L + 1, L + 1, L + 2, L + 2, L + 2], device=device)
+    mask = torch.zeros(1, 1, 6, L + 6, dtype=torch.bool, device=device)
     mask[..., :L] = True
     for t in range(6):
         mask[0, 0, t, L + t] = True
@@ -301,11 +301,11 @@ def test_tree_mask_then_compact_matches_sequential_all_layers():
     torch.testing.assert_close(got_next, want_next, atol=1e-5, rtol=0)
 
 
-def test_compact_rejects_bad_slots():
-    m = our_model()
+def test_compact_rejects_bad_slots(device):
+    m = our_model(device=device)
     cache = m.new_cache(16)
     with torch.no_grad():
-        m(tokens(1, 8), cache=cache)
+        m(tokens(1, 8, device=device), cache=cache)
     for bad in ([5, 8], [6, 5], [3, 3], [-1, 2]):
         with pytest.raises(ValueError):
             cache.compact(bad)
@@ -313,9 +313,9 @@ def test_compact_rejects_bad_slots():
 
 
 @pytest.mark.parametrize("n_cached", [0, 4])
-def test_explicit_masks(n_cached):
-    m = our_model(num_key_value_heads=2)
-    prefix, x = tokens(2, n_cached, seed=1), tokens(2, 5, seed=2)
+def test_explicit_masks(n_cached, device):
+    m = our_model(num_key_value_heads=2, device=device)
+    prefix, x = tokens(2, n_cached, seed=1, device=device), tokens(2, 5, seed=2, device=device)
     T = x.shape[1]
 
     def run(mask):
@@ -326,12 +326,12 @@ def test_explicit_masks(n_cached):
             return m(x, mask=mask, cache=cache)
 
     # The default causal mask passed explicitly equals mask=None.
-    torch.testing.assert_close(run(causal_mask(n_cached, T)), run(None), atol=1e-5, rtol=0)
+    torch.testing.assert_close(run(causal_mask(n_cached, T, device=device)), run(None), atol=1e-5, rtol=0)
     # An arbitrary boolean mask equals its additive float form (0 / -inf), per batch row.
-    g = torch.Generator().manual_seed(5)
-    bool_mask = torch.rand(2, 1, T, n_cached + T, generator=g) < 0.5
+    g = torch.Generator(device).manual_seed(5)
+    bool_mask = torch.rand(2, 1, T, n_cached + T, generator=g, device=device) < 0.5
     bool_mask[..., torch.arange(T), n_cached + torch.arange(T)] = True  # every row sees itself
-    float_mask = torch.zeros(bool_mask.shape).masked_fill(~bool_mask, float("-inf"))
+    float_mask = torch.zeros(bool_mask.shape, device=device).masked_fill(~bool_mask, float("-inf"))
     got = run(bool_mask)
     torch.testing.assert_close(got, run(float_mask), atol=1e-5, rtol=0)
     assert (got - run(None)).abs().max() > 1e-3  # the mask did change something
@@ -346,8 +346,8 @@ def test_causal_mask_layout():
     assert torch.equal(got[0, 0], want)
 
 
-def test_gqa_cache_sized_by_kv_heads():
-    m = our_model(num_key_value_heads=2)
+def test_gqa_cache_sized_by_kv_heads(device):
+    m = our_model(num_key_value_heads=2, device=device)
     cache = m.new_cache(10, batch_size=3)
     assert len(cache.k) == len(cache.v) == 2
     assert cache.k[0].shape == (3, 2, 10, 16)

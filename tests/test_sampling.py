@@ -56,7 +56,7 @@ def assert_clear_of_boundary(probs: np.ndarray, top_p: float, margin: float = 1e
 def chi_square(samples: torch.Tensor, probs: np.ndarray) -> float:
     """Pearson's statistic of integer samples against probs (which must be > 0 wherever
     a sample landed; categories with probability 0 must have no samples)."""
-    counts = np.bincount(samples.flatten().numpy(), minlength=len(probs)).astype(np.float64)
+    counts = np.bincount(samples.flatten().cpu().numpy(), minlength=len(probs)).astype(np.float64)
     assert counts[probs == 0].sum() == 0, "samples landed on a probability-0 token"
     expected = counts.sum() * probs[probs > 0]
     return float(((counts[probs > 0] - expected) ** 2 / expected).sum())
@@ -238,53 +238,53 @@ def test_warper_probs_is_warp():
     assert torch.equal(w.probs(logits), warp(logits, 0.7, 5, 0.9))
 
 
-def test_warper_seeded_sampling_is_reproducible():
-    logits = torch.zeros(32)  # uniform: two different seeds agree on 50 draws with prob 32**-50
+def test_warper_seeded_sampling_is_reproducible(device):
+    logits = torch.zeros(32, device=device)  # uniform: two different seeds agree on 50 draws with prob 32**-50
     w = Warper(temperature=1.0)
 
     def draws(seed):
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator(device).manual_seed(seed)
         return [int(w.next_token(logits, g)) for _ in range(50)]
 
     assert draws(0) == draws(0)
     assert draws(0) != draws(1)
 
 
-def test_warper_samples_stay_in_the_top_k():
+def test_warper_samples_stay_in_the_top_k(device):
     torch.manual_seed(8)
     logits = torch.randn(16)
     top3 = set(np.argsort(-logits.numpy())[:3].tolist())
-    g = torch.Generator().manual_seed(0)
-    ids = Warper(temperature=1.5, top_k=3).next_token(logits.expand(2000, 16), g)
+    g = torch.Generator(device).manual_seed(0)
+    ids = Warper(temperature=1.5, top_k=3).next_token(logits.to(device).expand(2000, 16), g)
     assert set(ids.tolist()) == top3  # all of them, and nothing else
 
 
 # ---------------------------------------------------------------------------- sample
 
 
-def test_sample_matches_distribution_chi_square():
+def test_sample_matches_distribution_chi_square(device):
     probs = np.array([0.1, 0.2, 0.3, 0.25, 0.15])
-    g = torch.Generator().manual_seed(0)
-    ids = sample(torch.tensor(probs, dtype=torch.float32).expand(20000, 5), g)  # [20000]
+    g = torch.Generator(device).manual_seed(0)
+    ids = sample(torch.tensor(probs, dtype=torch.float32, device=device).expand(20000, 5), g)  # [20000]
     assert ids.shape == (20000,)
     assert chi_square(ids, probs) < CHI2_999[4]
     # the same test rejects a sampler of a slightly different distribution
-    wrong = sample(torch.tensor([0.12, 0.2, 0.28, 0.25, 0.15]).expand(20000, 5), g)
+    wrong = sample(torch.tensor([0.12, 0.2, 0.28, 0.25, 0.15], device=device).expand(20000, 5), g)
     assert chi_square(wrong, probs) > CHI2_999[4]
 
 
-def test_sample_shape_and_zero_probability_tokens():
-    probs = torch.tensor([0.0, 0.5, 0.0, 0.5]).expand(2, 3, 4)
-    ids = sample(probs, torch.Generator().manual_seed(0))
+def test_sample_shape_and_zero_probability_tokens(device):
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.5], device=device).expand(2, 3, 4)
+    ids = sample(probs, torch.Generator(device).manual_seed(0))
     assert ids.shape == (2, 3)
     assert set(ids.flatten().tolist()) <= {1, 3}
 
 
-def test_sample_is_reproducible_with_a_seed():
-    probs = torch.full((100, 10), 0.1)
-    a = sample(probs, torch.Generator().manual_seed(3))
-    b = sample(probs, torch.Generator().manual_seed(3))
-    c = sample(probs, torch.Generator().manual_seed(4))
+def test_sample_is_reproducible_with_a_seed(device):
+    probs = torch.full((100, 10), 0.1, device=device)
+    a = sample(probs, torch.Generator(device).manual_seed(3))
+    b = sample(probs, torch.Generator(device).manual_seed(3))
+    c = sample(probs, torch.Generator(device).manual_seed(4))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -296,16 +296,16 @@ Q = np.array([0.1, 0.5, 0.05, 0.35])  # the drafter's distribution: deliberately
 N = 20000
 
 
-def test_accept_drafts_first_token_is_distributed_as_target():
+def test_accept_drafts_first_token_is_distributed_as_target(device):
     """Speculative sampling is lossless: whatever q is, the first emitted token ~ p0.
 
     A biased rule -- accept when an independent x ~ p0 equals the draft, else emit a fresh
     sample of p0 -- looks plausible but emits q(y) p0(y) + (1 - sum q p0) p0(y), not p0(y);
     the same chi-square test, with the same N and seed, rejects it.
     """
-    p = torch.tensor(np.stack([P0, P1]), dtype=torch.float32)  # [k + 1, V]
-    q = torch.tensor(Q, dtype=torch.float32)[None]  # [k, V]
-    g = torch.Generator().manual_seed(0)
+    p = torch.tensor(np.stack([P0, P1]), dtype=torch.float32, device=device)  # [k + 1, V]
+    q = torch.tensor(Q, dtype=torch.float32, device=device)[None]  # [k, V]
+    g = torch.Generator(device).manual_seed(0)
     drafts = sample(q.expand(N, 4), g)  # [N]
     first, bonus = [], []
     for d in drafts:
@@ -320,7 +320,7 @@ def test_accept_drafts_first_token_is_distributed_as_target():
     # the acceptance rate is sum(min(p0, q)) = 0.45 (binomial sd ~0.0035)
     assert abs(len(bonus) / N - np.minimum(P0, Q).sum()) < 0.02
 
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device).manual_seed(0)
     drafts = sample(q.expand(N, 4), g)
     x = sample(p[0].expand(N, 4), g)
     fresh = sample(p[0].expand(N, 4), g)
@@ -328,12 +328,12 @@ def test_accept_drafts_first_token_is_distributed_as_target():
     assert chi_square(biased, P0) > 5 * CHI2_999[3]
 
 
-def test_accept_drafts_accepts_everything_when_p_equals_q():
+def test_accept_drafts_accepts_everything_when_p_equals_q(device):
     torch.manual_seed(9)
     k, V = 4, 10
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device).manual_seed(0)
     for trial in range(200):
-        p = warp(torch.randn(k + 1, V) * 2, 1.0, top_k=6)  # zeros too: drafts never land there
+        p = warp(torch.randn(k + 1, V).to(device) * 2, 1.0, top_k=6)  # zeros too: drafts never land there
         q = p[:k].clone()
         drafts = sample(q, g)
         n, nxt = accept_drafts(p, q, drafts, g)
@@ -341,17 +341,35 @@ def test_accept_drafts_accepts_everything_when_p_equals_q():
         assert p[k, nxt] > 0
 
 
-def test_accept_drafts_rejects_impossible_draft_and_resamples_residual():
+def test_accept_drafts_rejects_impossible_draft_and_resamples_residual(device):
     # p0 gives the draft token 1 probability 0: always rejected, and the replacement comes
     # from max(0, p0 - q), which excludes every token where q >= p0.
-    p = torch.tensor([[0.5, 0.0, 0.5, 0.0], [0.25] * 4])
-    q = torch.tensor([[0.1, 0.6, 0.3, 0.0]])
-    residual = np.clip(p[0].numpy() - q[0].numpy(), 0, None)
+    p = torch.tensor([[0.5, 0.0, 0.5, 0.0], [0.25] * 4], device=device)
+    q = torch.tensor([[0.1, 0.6, 0.3, 0.0]], device=device)
+    residual = np.clip(p[0].cpu().numpy() - q[0].cpu().numpy(), 0, None)
     residual /= residual.sum()  # [0.4/0.6, 0, 0.2/0.6, 0]
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device).manual_seed(0)
     out = []
     for _ in range(3000):
-        n, nxt = accept_drafts(p, q, torch.tensor([1]), g)
+        n, nxt = accept_drafts(p, q, torch.tensor([1], device=device), g)
         assert n == 0
         out.append(int(nxt))
     assert chi_square(torch.tensor(out), residual) < CHI2_999[1]
+
+
+def test_accept_drafts_with_a_point_mass_draft():
+    """A copied draft (prompt lookup) is not sampled: its q is one-hot on it. The rule then
+    accepts it with probability p0(d), else samples p0 with d removed, so the first emitted
+    token is still distributed as p0 -- for a likely draft and for an unlikely one."""
+    p = torch.tensor(np.stack([P0, P1]), dtype=torch.float32)  # [k + 1, V]
+    g = torch.Generator().manual_seed(0)
+    runs = 5000
+    for d in (0, 2):
+        q = torch.nn.functional.one_hot(torch.tensor([d]), 4).float()  # [k, V]
+        first, accepted = [], 0
+        for _ in range(runs):
+            n, nxt = accept_drafts(p, q, torch.tensor([d]), g)
+            first.append(d if n == 1 else int(nxt))
+            accepted += n
+        assert chi_square(torch.tensor(first), P0) < CHI2_999[3]
+        assert abs(accepted / runs - P0[d]) < 0.03  # binomial sd <= 0.007
