@@ -596,6 +596,13 @@ def main():
             raise SystemExit("error: --peers runs transformers' generate, and transformers is not installed "
                              "(pip install transformers)")
     methods = methods_for(ks, fused_ks, sampling=a.full or not a.no_sampling, peers=a.peers, compiled=a.compile)
+    if min(ks + fused_ks) < 1:
+        raise SystemExit("error: --k and --fused-k must be at least 1")
+    widest = max(tokens_fed(m) or 1 for m in methods)  # the tree's 29 tokens, or 1 + k + (k + 1) k for fused
+    if a.prompt_tokens + max_new + widest > args.max_position_embeddings:
+        raise SystemExit(f"error: a forward of {widest} tokens after a {a.prompt_tokens}-token prompt and "
+                         f"{max_new} new tokens needs {a.prompt_tokens + max_new + widest} positions; the model has "
+                         f"{args.max_position_embeddings}: use a smaller --k/--fused-k or fewer tokens")
     sets = a.prompts if a.prompts is not None else [] if a.prompts_file else ["heldout", "humaneval"]
     texts = {}
     if a.prompts_file:

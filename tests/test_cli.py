@@ -11,6 +11,8 @@ import sysconfig
 
 import pytest
 
+from model import BASE_MODEL
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ["decode.py", "bench.py", "train_sat.py", "corpus.py", "tokenizer.py", "random_checkpoint.py"]
 
@@ -91,6 +93,8 @@ def long_position_model(tmp_path_factory):
     (["bench.py", "--model", "missing-dir"], "error: model directory missing-dir does not exist"),
     (["bench.py", "--sat-token-id", "99999"], "error: SAT id 99999 is outside the vocabulary"),
     (["bench.py", "--latency-only", "--sizes", "0"], "error: --sizes, --reps and --prefix must be positive"),
+    (["bench.py", "--fused-k", "1000"], "error: a forward of 1002001 tokens after a 192-token prompt"),
+    (["bench.py", "--k", "0"], "error: --k and --fused-k must be at least 1"),
     (["train_sat.py", "--data", "missing-dir", "--out", "run"], "error: missing-dir has no train.bin"),
     (["corpus.py", "--out", "data", "--root", "missing-dir"], "error: --root missing-dir does not exist"),
     (["random_checkpoint.py", "--config", "missing.json", "--out", "ckpt"], "error: cannot read missing.json"),
@@ -208,3 +212,17 @@ def test_bench_peers_without_transformers_is_one_line(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == ("error: --peers runs transformers' generate, and transformers is not installed "
                                    "(pip install transformers)")
+
+
+def test_data_from_another_tokenizer_is_refused_with_the_command_that_rebuilds_it(tmp_path):
+    import corpus
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):  # enough text for a small tokenizer of its own
+        (src / f"m{i}.py").write_text(f"def f{i}(x):\n    return x * {i} + {i * 7}\n\n\nclass C{i}:\n    pass\n" * 20)
+    corpus.build(str(tmp_path / "data"), vocab_size=300, root=str(src))
+    proc = run([os.path.join(REPO, "train_sat.py"), "--data", str(tmp_path / "data"), "--out", "run"], tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {tmp_path / 'data'} was tokenized with another tokenizer than"), line
+    assert line.endswith(f"python corpus.py --out {tmp_path / 'data'} --with-tests --tokenizer {BASE_MODEL}"), line
