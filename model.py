@@ -501,7 +501,6 @@ def safetensors_files(path: str) -> dict[str, str]:
             raise CheckpointError(f"{index} has no weight_map")
         return {name: os.path.join(path, file) for name, file in weight_map.items()}
     if os.path.isfile(single):
-        from safetensors import safe_open
         with _open_safetensors(single) as f:
             return {name: single for name in f.keys()}
     raise CheckpointError(f"{path} has neither model.safetensors nor model.safetensors.index.json")

@@ -156,7 +156,6 @@ HELP = {
                       "(default: empty, every offset weighs 1)",
     "sat_labels": "what SAT j learns: data, the text's token j + 1 ahead; self, the starting model's own greedy "
                   "continuation; model, the model's own prediction at position p + j of the text",
-    "train_layers": "sat mode: train only the top N blocks, the rest stay frozen; 0 = all",
     "seq_len": "tokens per training window",
     "batch_size": "windows per step, per process",
     "grad_accum": "micro-batches accumulated per optimiser step",

@@ -1,5 +1,7 @@
 import os
+import shutil
 import sys
+import sysconfig
 
 import pytest
 import torch
@@ -20,3 +22,16 @@ def device(request) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         pytest.exit("--device cuda: CUDA is not available on this machine", returncode=1)
     return torch.device(name)
+
+
+def stdlib_corpus(tmp_path_factory, n_files: int) -> str:
+    """A tiny corpus built by corpus.py (its own 400-piece tokenizer) from the first
+    n_files standard-library files; returns its directory."""
+    import corpus
+    src = tmp_path_factory.mktemp("src")
+    std = sysconfig.get_paths()["stdlib"]
+    for name in sorted(f for f in os.listdir(std) if f.endswith(".py"))[:n_files]:
+        shutil.copy(os.path.join(std, name), src / name)
+    out = tmp_path_factory.mktemp("data")
+    corpus.build(str(out), vocab_size=400, root=str(src))
+    return str(out)

@@ -7,10 +7,10 @@ import re
 import signal
 import subprocess
 import sys
-import sysconfig
 
 import pytest
 
+from conftest import stdlib_corpus
 from model import BASE_MODEL
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -167,15 +167,8 @@ def sigint_after(cmd: list[str], ready: str, tmp_path, stream: str = "stdout"):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """A tiny corpus built by corpus.py from 20 standard-library files."""
-    import corpus
-    src = tmp_path_factory.mktemp("src")
-    std = sysconfig.get_paths()["stdlib"]
-    for name in sorted(f for f in os.listdir(std) if f.endswith(".py"))[:20]:
-        os.symlink(os.path.join(std, name), src / name)
-    out = tmp_path_factory.mktemp("data")
-    corpus.build(str(out), vocab_size=400, root=str(src))
-    return str(out)
+    """A tiny corpus built by corpus.py from 20 standard-library files, with its own tokenizer."""
+    return stdlib_corpus(tmp_path_factory, 20)
 
 
 def test_ctrl_c_is_quiet_with_status_130(tmp_path, data_dir):
@@ -214,15 +207,9 @@ def test_bench_peers_without_transformers_is_one_line(tmp_path):
                                    "(pip install transformers)")
 
 
-def test_data_from_another_tokenizer_is_refused_with_the_command_that_rebuilds_it(tmp_path):
-    import corpus
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(40):  # enough text for a small tokenizer of its own
-        (src / f"m{i}.py").write_text(f"def f{i}(x):\n    return x * {i} + {i * 7}\n\n\nclass C{i}:\n    pass\n" * 20)
-    corpus.build(str(tmp_path / "data"), vocab_size=300, root=str(src))
-    proc = run([os.path.join(REPO, "train_sat.py"), "--data", str(tmp_path / "data"), "--out", "run"], tmp_path)
+def test_data_from_another_tokenizer_is_refused_with_the_command_that_rebuilds_it(tmp_path, data_dir):
+    proc = run([os.path.join(REPO, "train_sat.py"), "--data", data_dir, "--out", "run"], tmp_path)  # the demo model
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"error: {tmp_path / 'data'} was tokenized with another tokenizer than"), line
-    assert line.endswith(f"python corpus.py --out {tmp_path / 'data'} --with-tests --tokenizer {BASE_MODEL}"), line
+    assert line.startswith(f"error: {data_dir} was tokenized with another tokenizer than"), line
+    assert line.endswith(f"python corpus.py --out {data_dir} --with-tests --tokenizer {BASE_MODEL}"), line

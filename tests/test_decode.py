@@ -294,16 +294,18 @@ def test_tree_greedy_equals_ar(device):
         assert max(stats.accepted) >= 2  # a 10-token vocabulary: the tree does accept
 
 
-@pytest.mark.parametrize("method", ["sdsat", "tree", "fused"])
+@pytest.mark.parametrize("method", ["sdsat", "tree", "fused", "lookup", "hybrid"])
 def test_cache_after_decoding_equals_refeeding(method, device):
     """After decoding (with truncation or tree compaction), the cache holds exactly what
-    feeding prompt + emitted tokens (all but the last, which is `cur`) from scratch gives."""
+    feeding prompt + emitted tokens (all but the last, which is `cur`) from scratch gives.
+    Lookup and the hybrid get a prompt that repeats itself, so that copies are made."""
     model = tiny_model(vocab=10, seed=3, device=device)
-    tokens, stats, cache = run(model, PROMPT, method, 37, k=4)
+    prompt = REPEATING if method in ("lookup", "hybrid") else PROMPT
+    tokens, stats, cache = run(model, prompt, method, 37, k=4)
     assert sum(stats.accepted) > 0
     ref = model.new_cache(256)
     with torch.no_grad():
-        model(torch.tensor([PROMPT + tokens[:-1]], device=device), cache=ref)
+        model(torch.tensor([prompt + tokens[:-1]], device=device), cache=ref)
     # the loop stops right after an emission, so the last emitted block may be uncached
     n = cache.length
     assert n <= ref.length
@@ -518,21 +520,6 @@ def test_lookup_stop_ids_random_model_match_ar(method, device):
     for stop in set(full):
         ar, _, _ = run(model, REPEATING, "ar", 40, stop_ids=[stop])
         assert run(model, REPEATING, method, 40, k=4, stop_ids=[stop])[0] == ar
-
-
-@pytest.mark.parametrize("method", ["lookup", "hybrid"])
-def test_lookup_cache_equals_refeeding(method, device):
-    model = tiny_model(vocab=10, seed=3, device=device)
-    tokens, stats, cache = run(model, REPEATING, method, 37, k=4)
-    assert sum(stats.accepted) > 0
-    ref = model.new_cache(256)
-    with torch.no_grad():
-        model(torch.tensor([REPEATING + tokens[:-1]], device=device), cache=ref)
-    n = cache.length
-    assert n <= ref.length
-    for layer in range(model.args.num_hidden_layers):
-        torch.testing.assert_close(cache.k[layer][:, :, :n], ref.k[layer][:, :, :n], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(cache.v[layer][:, :, :n], ref.v[layer][:, :, :n], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["lookup", "hybrid"])

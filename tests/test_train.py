@@ -2,18 +2,16 @@
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 
 import pytest
 import torch
 from safetensors import safe_open
 
-import corpus
+from conftest import stdlib_corpus
 import train_sat
 from decode import generate_ar, prefill
 from model import Llama, ModelArgs, init_weights, load_model, save_model
@@ -29,14 +27,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """A tiny corpus built by corpus.py from 80 standard-library files."""
-    src = tmp_path_factory.mktemp("src")
-    std = sysconfig.get_paths()["stdlib"]
-    for name in sorted(f for f in os.listdir(std) if f.endswith(".py"))[:80]:
-        shutil.copy(os.path.join(std, name), src / name)
-    out = tmp_path_factory.mktemp("data")
-    report = corpus.build(str(out), vocab_size=400, root=str(src))
-    assert report["splits"]["val"]["files"] > 0
-    return str(out)
+    out = stdlib_corpus(tmp_path_factory, 80)
+    with open(os.path.join(out, "corpus.json")) as f:
+        assert json.load(f)["splits"]["val"]["files"] > 0
+    return out
 
 
 def tiny_model(vocab=400, tied=True, seed=0, sat_id=4) -> Llama:
