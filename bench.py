@@ -28,11 +28,15 @@ import json
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
+
+if __name__ == "__main__":  # Ctrl-C while torch is still loading: exit quietly, status 130
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
 
 import torch
 
@@ -529,6 +533,7 @@ def environment(device: torch.device) -> dict:
 
 
 def main():
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # loaded: Ctrl-C is KeyboardInterrupt again
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="checkpoint directory, Hugging Face layout (default: %(default)s)")

@@ -22,9 +22,13 @@ token, not yet cached, S the semantic adaptive token:
 
 import argparse
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
+
+if __name__ == "__main__":  # Ctrl-C while torch is still loading: exit quietly, status 130
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
 
 import torch
 import torch.nn.functional as F
@@ -700,6 +704,7 @@ def trace_printer(tok, colour: bool):
 
 
 def main():
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # loaded: Ctrl-C is KeyboardInterrupt again
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="checkpoint directory, Hugging Face layout (default: %(default)s)")

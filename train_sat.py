@@ -68,9 +68,13 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
+
+if __name__ == "__main__":  # Ctrl-C while torch is still loading: exit quietly, status 130
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
 
 import numpy as np
 import torch
@@ -647,6 +651,7 @@ def export(model: Llama, state: dict, cfg: TrainConfig, path: str):
 
 
 def main():
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # loaded: Ctrl-C is KeyboardInterrupt again
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in TrainConfig.__dataclass_fields__.values():
         flag = "--" + f.name.replace("_", "-")
