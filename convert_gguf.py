@@ -264,12 +264,12 @@ def convert(gguf_path: str, out: str, dtype: str = "float32", progress=print):
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=1)
         write_tokenizer(reader, tmp, config)
-        shards, current, size = [], {}, 0
+        shards, current, size = [], {}, 0  # shards: the tensor names of each file written
         for i, (name, w) in enumerate(tensors(reader, config, dtype)):
             current[name] = w
             size += w.numel() * w.element_size()
             if size >= SHARD_BYTES:
-                shards.append(current)
+                shards.append(list(current))  # names only: the tensors are freed once written
                 save_file(current, os.path.join(tmp, f"shard-{len(shards)}.tmp"), metadata={"format": "pt"})
                 current, size = {}, 0
             if (i + 1) % 50 == 0:
@@ -278,7 +278,7 @@ def convert(gguf_path: str, out: str, dtype: str = "float32", progress=print):
             save_file(current, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         else:
             if current:
-                shards.append(current)
+                shards.append(list(current))
                 save_file(current, os.path.join(tmp, f"shard-{len(shards)}.tmp"), metadata={"format": "pt"})
             weight_map = {}
             for s, names in enumerate(shards, 1):

@@ -239,3 +239,14 @@ def test_what_cannot_be_converted_is_one_line_and_no_output(tmp_path, original, 
     assert r.stderr.strip().splitlines() == [f"error: {r.stderr.strip()[7:]}"] and message in r.stderr
     assert "Traceback" not in r.stderr
     assert not out.exists() and not os.path.exists(str(out) + ".converting")
+
+
+def test_a_large_model_is_written_in_shards_that_load_to_the_same_logits(tmp_path, monkeypatch):
+    monkeypatch.setattr(convert_gguf, "SHARD_BYTES", 100_000)  # a 7B model's 2 GiB, scaled down
+    sp_path = os.path.join(BASE_MODEL, "tokenizer.model")
+    model = tiny_model(Tokenizer(sp_path).vocab_size)
+    path = str(tmp_path / "m.gguf")
+    write_gguf(path, model, gguf.GGMLQuantizationType.F32, tokenizer="llama", sp_path=sp_path)
+    convert_gguf.convert(path, str(tmp_path / "out"), progress=lambda *a: None)
+    assert len(glob.glob(str(tmp_path / "out" / "model-*-of-*.safetensors"))) > 1
+    assert torch.equal(logits(load_model(str(tmp_path / "out"))), logits(model))
