@@ -7,6 +7,7 @@ One loop serves every mode:
     --mode pretrain   plain next-token loss, every parameter trains (builds the demo model)
 
     python train_sat.py --init models/tiny-code-llama --data data/stdlib-tests --out runs/sat
+    python train_sat.py --device cuda ...                 # one GPU (default: --device cpu)
     torchrun --nproc_per_node 2 train_sat.py ...          # DistributedDataParallel
 
 The loop: AdamW, linear warm-up then cosine decay, gradient clipping and accumulation,
@@ -519,12 +520,15 @@ def fmt_time(seconds: float) -> str:
 # ----------------------------------------------------------------------------- the loop
 
 
-def distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device); starts the process group under torchrun."""
+def distributed(name: str = "cpu") -> tuple[int, int, torch.device]:
+    """(rank, world size, device) for --device NAME; starts the process group under torchrun
+    (one GPU per process on cuda, gloo on cpu)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but CUDA is not available here (use --device cpu)")
     if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return 0, 1, torch.device(name)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if torch.cuda.is_available():
+    if name == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
         dist.init_process_group("nccl")
@@ -663,15 +667,16 @@ def main():
             p.add_argument(flag, type=kind, default=f.default, choices=CHOICES.get(f.name), help=text)
     p.add_argument("--export", default=None, help="after training, save the model (bf16) here (default: no export)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default: %(default)s)")
     a = vars(p.parse_args())
-    export_to, threads = a.pop("export"), a.pop("threads")
+    export_to, threads, device_name = a.pop("export"), a.pop("threads"), a.pop("device")
     if threads:
         torch.set_num_threads(threads)
     cfg = TrainConfig(**a)
     if cfg.mode != "pretrain" and not cfg.init:
         cfg.init = BASE_MODEL
         print(f"fine-tuning the demo base model {BASE_MODEL} (--init to choose another)")
-    rank, world, device = distributed()
+    rank, world, device = distributed(device_name)
     try:
         model, state = train(cfg, device, rank, world)
     except CheckpointError as e:

@@ -154,11 +154,12 @@ class ScriptedModel(Llama):
     j steps after the last real token it predicts the right token if j <= good, else a wrong
     one. So every accept count 0..k can be forced. The cache is real (its K/V are unused)."""
 
-    def __init__(self, script, good, sat_id):
+    def __init__(self, script, good, sat_id, device="cpu"):
         super().__init__(ModelArgs(hidden_size=8, intermediate_size=8, num_hidden_layers=1,
                                    num_attention_heads=1, vocab_size=sat_id + 1, sat_token_id=sat_id,
                                    eos_token_id=None))
         self.script, self.good, self.sat = script, good, sat_id
+        self.to(device)  # the cache and the generator follow the model's device
 
     def forward(self, tokens, positions=None, mask=None, cache=None):
         T = tokens.shape[1]
@@ -167,7 +168,7 @@ class ScriptedModel(Llama):
             cache.check_room(T)
             cache.length = L + T
         pos = (torch.arange(L, L + T) if positions is None else positions.reshape(-1)).tolist()
-        logits = torch.zeros(1, T, self.args.vocab_size)
+        logits = torch.zeros(1, T, self.args.vocab_size, device=tokens.device)
         j = 0
         for i, (t, p) in enumerate(zip(tokens[0].tolist(), pos)):
             j = j + 1 if t == self.sat else 0
@@ -182,9 +183,9 @@ SCRIPT = [(7 * i + 3) % 11 for i in range(400)]  # real tokens 0..10, SAT = 11
 
 
 @pytest.mark.parametrize("k", [1, 3, 5, 8])
-def test_cache_length_after_every_accept_count(k):
+def test_cache_length_after_every_accept_count(k, device):
     for good in range(k + 1):
-        model = ScriptedModel(SCRIPT, good, 11)
+        model = ScriptedModel(SCRIPT, good, 11, device)
         events = []
         prompt = SCRIPT[:6]
         tokens, stats, cache = run(model, prompt, "sdsat", 60, k=k, trace=events.append)
@@ -198,8 +199,8 @@ def test_cache_length_after_every_accept_count(k):
 
 
 @pytest.mark.parametrize("k", [2, 5])
-def test_stop_id_at_every_position_of_an_accepted_block(k):
-    model = ScriptedModel(list(range(300)), k, 299)  # all distinct tokens, all drafts right
+def test_stop_id_at_every_position_of_an_accepted_block(k, device):
+    model = ScriptedModel(list(range(300)), k, 299, device)  # all distinct tokens, all drafts right
     prompt = list(range(4))
     full, _, _ = run(model, prompt, "sdsat", 40, k=k, cache_len=400)
     assert full == list(range(4, 44))
@@ -234,8 +235,9 @@ def test_fused_greedy_equals_ar(k, device):
     assert len(seen) >= min(3, k + 1)  # rejections and acceptances both happen
 
 
-def test_fused_layout_k2():
-    offsets, mask = fused_layout(2)
+def test_fused_layout_k2(device):
+    offsets, mask = fused_layout(2, device)
+    assert offsets.device == mask.device == torch.device(device)
     assert offsets.tolist() == [0, 1, 2, 1, 2, 2, 3, 3, 4]
     rows = ["x........", "xx.......", "xxx......", "x..x.....", "x..xx....",
             "xx...x...", "xx...xx..", "xxx....x.", "xxx....xx"]
@@ -480,10 +482,10 @@ def test_hybrid_uses_copies_sat_guesses_and_draft_passes(device):
 
 
 @pytest.mark.parametrize("method", ["lookup", "hybrid"])
-def test_lookup_scripted_model_every_copy_accepted(method):
+def test_lookup_scripted_model_every_copy_accepted(method, device):
     # SCRIPT repeats every 11 tokens, so once 11 + 2 tokens are known every copy is right.
     # The SATs' guesses are all wrong (good = 0): the hybrid must still equal the script.
-    model = ScriptedModel(SCRIPT, 0, 11)
+    model = ScriptedModel(SCRIPT, 0, 11, device)
     prompt = SCRIPT[:14]
     events = []
     tokens, stats, cache = run(model, prompt, method, 60, k=2, trace=events.append)
@@ -501,8 +503,8 @@ def test_lookup_scripted_model_every_copy_accepted(method):
 
 
 @pytest.mark.parametrize("method", ["lookup", "hybrid"])
-def test_lookup_stop_id_at_every_slot_and_budget(method):
-    model = ScriptedModel(SCRIPT, 2, 11)
+def test_lookup_stop_id_at_every_slot_and_budget(method, device):
+    model = ScriptedModel(SCRIPT, 2, 11, device)
     prompt = SCRIPT[:14]
     full, _, _ = run(model, prompt, method, 40, k=2)
     assert full == SCRIPT[14:54]

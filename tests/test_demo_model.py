@@ -43,10 +43,10 @@ def test_tokenizer_round_trips_every_heldout_file():
         assert sat not in ids and tok.sp.unk_id() not in ids, path
 
 
-def test_heldout_loss_is_that_of_a_trained_model():
+def test_heldout_loss_is_that_of_a_trained_model(device):
     """Cross-entropy on the first 4096 held-out tokens, in float32, is close to the one
     the training report measured (bf16 autocast there, so not equal)."""
-    model = load_model(BASE)
+    model = load_model(BASE, device=device)
     tok = Tokenizer(BASE)
     ids = []
     for text in heldout_texts(BASE).values():
@@ -56,7 +56,7 @@ def test_heldout_loss_is_that_of_a_trained_model():
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(4):
-            w = torch.tensor([ids[i * 512:(i + 1) * 512 + 1]])
+            w = torch.tensor([ids[i * 512:(i + 1) * 512 + 1]], device=device)
             logits = model(w[:, :-1])
             total += torch.nn.functional.cross_entropy(logits[0], w[0, 1:], reduction="sum").item()
             count += 512
@@ -76,8 +76,8 @@ def heldout_prompts(tok, n=6, length=96):
 
 @pytest.mark.skipif(not os.path.isdir(SAT), reason="the SAT-tuned demo model is not shipped yet")
 @pytest.mark.parametrize("method", ["sdsat", "fused"])
-def test_sat_model_greedy_equals_ar_on_heldout_prompts(method):
-    model = load_model(SAT)
+def test_sat_model_greedy_equals_ar_on_heldout_prompts(method, device):
+    model = load_model(SAT, device=device)
     tok = Tokenizer(SAT)
     sat = model.args.sat_token_id
     accepted = 0

@@ -90,7 +90,7 @@ PARITY_CASES = {  # each of MHA/GQA, theta 1e4/1e6, tied/untied appears at least
 
 
 @pytest.mark.parametrize("case", list(PARITY_CASES))
-def test_logits_match_transformers(case, tmp_path):
+def test_logits_match_transformers(case, tmp_path, device):
     overrides = PARITY_CASES[case]
     hf = hf_model(**overrides)
     sharded = case.endswith("sharded")
@@ -100,39 +100,40 @@ def test_logits_match_transformers(case, tmp_path):
         assert not os.path.exists(os.path.join(path, "model.safetensors"))
         assert len([f for f in os.listdir(path) if f.endswith(".safetensors")]) > 1
 
-    m = load_model(path)
+    m, hf = load_model(path, device=device), hf.to(device)
     assert m.args.rope_theta == overrides["rope_theta"]
     assert m.args.num_key_value_heads == overrides["num_key_value_heads"]
     assert m.args.tie_word_embeddings == overrides.get("tie_word_embeddings", False)
     if m.args.tie_word_embeddings:
         assert m.lm_head.weight is m.embed_tokens.weight
 
-    x = tokens(2, 16)
+    x = tokens(2, 16, device=device)
     with torch.no_grad():
         ours, ref = m(x), hf(x).logits
     assert ours.shape == ref.shape == (2, 16, VOCAB)
     assert (ours - ref).abs().max().item() <= 1e-4
 
 
-def test_rope_theta_top_level_codellama_style(tmp_path):
+def test_rope_theta_top_level_codellama_style(tmp_path, device):
     hf = hf_model(rope_theta=1e6)
     path = save_hf(hf, tmp_path)
+    hf = hf.to(device)
     cfg = read_json(os.path.join(path, "config.json"))
     assert cfg["rope_parameters"]["rope_theta"] == 1e6  # the transformers-5 nested form
     cfg.pop("rope_parameters")
     cfg["rope_theta"] = 1e6
     write_json(os.path.join(path, "config.json"), cfg)
 
-    m = load_model(path)
+    m = load_model(path, device=device)
     assert m.args.rope_theta == 1e6
-    x = tokens(1, 20)
+    x = tokens(1, 20, device=device)
     with torch.no_grad():
         assert (m(x) - hf(x).logits).abs().max().item() <= 1e-4
 
     # And the value matters: with the default theta the logits would differ.
     cfg.pop("rope_theta")
     write_json(os.path.join(path, "config.json"), cfg)
-    m_default = load_model(path)
+    m_default = load_model(path, device=device)
     assert m_default.args.rope_theta == 1e4
     with torch.no_grad():
         assert (m_default(x) - hf(x).logits).abs().max().item() > 1e-3
@@ -158,13 +159,13 @@ def greedy(m: model.Llama, prompt: torch.Tensor, n_new: int) -> list[int]:
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_greedy_matches_transformers_generate(kv_heads, tmp_path):
+def test_greedy_matches_transformers_generate(kv_heads, tmp_path, device):
     hf = hf_model(seed=3, num_key_value_heads=kv_heads, rope_theta=1e6)
-    m = load_model(save_hf(hf, tmp_path))
-    prompt = tokens(7, seed=4)
+    m, hf = load_model(save_hf(hf, tmp_path), device=device), hf.to(device)
+    prompt = tokens(7, seed=4, device=device)
     hf.generation_config.eos_token_id = None  # never stop early
     with torch.no_grad():
-        ref = hf.generate(prompt[None], attention_mask=torch.ones(1, 7, dtype=torch.long),
+        ref = hf.generate(prompt[None], attention_mask=torch.ones(1, 7, dtype=torch.long, device=device),
                           do_sample=False, max_new_tokens=20, eos_token_id=None, pad_token_id=0)
     assert ref.shape == (1, 27)
     ref_new = ref[0, 7:].tolist()
@@ -337,12 +338,12 @@ def test_explicit_masks(n_cached, device):
     assert (got - run(None)).abs().max() > 1e-3  # the mask did change something
 
 
-def test_causal_mask_layout():
+def test_causal_mask_layout(device):
     want = torch.tensor([[1, 1, 1, 0, 0],
                          [1, 1, 1, 1, 0],
-                         [1, 1, 1, 1, 1]], dtype=torch.bool)
-    got = causal_mask(2, 3)
-    assert got.shape == (1, 1, 3, 5) and got.dtype == torch.bool
+                         [1, 1, 1, 1, 1]], dtype=torch.bool, device=device)
+    got = causal_mask(2, 3, device)
+    assert got.shape == (1, 1, 3, 5) and got.dtype == torch.bool and got.device == want.device
     assert torch.equal(got[0, 0], want)
 
 
@@ -468,61 +469,61 @@ def test_load_sharded_errors(tmp_path):
 # ----------------------------------------------------------------------------- save
 
 
-def test_save_load_roundtrip_float32(tmp_path):
-    m = our_model(num_key_value_heads=2, rope_theta=1e6)
+def test_save_load_roundtrip_float32(tmp_path, device):
+    m = our_model(num_key_value_heads=2, rope_theta=1e6, device=device)
     save_model(m, str(tmp_path))
-    m2 = load_model(str(tmp_path))
+    m2 = load_model(str(tmp_path), device=device)
     strip = lambda a: {k: v for k, v in vars(a).items() if k != "extra"}  # noqa: E731
     assert strip(m2.args) == strip(m.args)
     sd, sd2 = m.state_dict(), m2.state_dict()
     assert sd.keys() == sd2.keys()
     for k in sd:
-        assert sd2[k].dtype == torch.float32
+        assert sd2[k].dtype == torch.float32 and sd2[k].device == sd[k].device
         assert torch.equal(sd[k], sd2[k]), k
     assert m2.lm_head.weight.data_ptr() != m2.embed_tokens.weight.data_ptr()
 
 
-def test_save_load_roundtrip_bfloat16(tmp_path):
-    m = our_model(num_key_value_heads=2)
+def test_save_load_roundtrip_bfloat16(tmp_path, device):
+    m = our_model(num_key_value_heads=2, device=device)
     save_model(m, str(tmp_path), dtype=torch.bfloat16)
     assert read_json(os.path.join(tmp_path, "config.json"))["torch_dtype"] == "bfloat16"
     on_disk = load_file(os.path.join(tmp_path, "model.safetensors"))
     assert all(t.dtype == torch.bfloat16 for t in on_disk.values())
-    m2 = load_model(str(tmp_path), dtype=torch.bfloat16)
+    m2 = load_model(str(tmp_path), device=device, dtype=torch.bfloat16)
     for (k, p), (k2, p2) in zip(m.named_parameters(), m2.named_parameters()):
         assert k == k2 and p2.dtype == torch.bfloat16
         assert torch.equal(p.detach().to(torch.bfloat16), p2), k
     with torch.no_grad():  # and it runs in bf16, close to the float32 model
-        x = tokens(1, 8)
+        x = tokens(1, 8, device=device)
         assert m2(x).dtype == torch.bfloat16
         assert (m2(x).float() - m(x)).abs().max() < 0.2
 
 
-def test_save_load_tied(tmp_path):
-    m = our_model(tie_word_embeddings=True)
+def test_save_load_tied(tmp_path, device):
+    m = our_model(tie_word_embeddings=True, device=device)
     assert m.lm_head.weight is m.embed_tokens.weight
     save_model(m, str(tmp_path))
     assert "lm_head.weight" not in load_file(os.path.join(tmp_path, "model.safetensors"))
-    m2 = load_model(str(tmp_path))
+    m2 = load_model(str(tmp_path), device=device)
     assert m2.args.tie_word_embeddings
     assert m2.lm_head.weight is m2.embed_tokens.weight
     for (k, p), (k2, p2) in zip(m.named_parameters(), m2.named_parameters()):
         assert k == k2 and torch.equal(p, p2), k
-    x = tokens(1, 8)
+    x = tokens(1, 8, device=device)
     with torch.no_grad():
         assert torch.equal(m(x), m2(x))
-    m2b = load_model(str(tmp_path), dtype=torch.bfloat16)  # still tied after a dtype cast
+    m2b = load_model(str(tmp_path), device=device, dtype=torch.bfloat16)  # still tied after a dtype cast
     assert m2b.lm_head.weight is m2b.embed_tokens.weight
     assert m2b.lm_head.weight.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("tied", [False, True])
-def test_saved_checkpoint_loads_in_transformers(tied, tmp_path):
+def test_saved_checkpoint_loads_in_transformers(tied, tmp_path, device):
     """save_model writes a real Hugging Face checkpoint: transformers gives the same logits."""
-    m = our_model(num_key_value_heads=2, rope_theta=1e6, tie_word_embeddings=tied)
+    m = our_model(num_key_value_heads=2, rope_theta=1e6, tie_word_embeddings=tied, device=device)
     save_model(m, str(tmp_path))
-    hf = LlamaForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
-    x = tokens(1, 12)
+    hf = LlamaForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval().to(device)
+    x = tokens(1, 12, device=device)
     with torch.no_grad():
         assert (m(x) - hf(x).logits).abs().max().item() <= 1e-4
 

@@ -65,11 +65,11 @@ def chi_square(samples: torch.Tensor, probs: np.ndarray) -> float:
 # ---------------------------------------------------------------------------- warp
 
 
-def test_top_k_keeps_the_k_largest_logits_and_renormalises():
+def test_top_k_keeps_the_k_largest_logits_and_renormalises(device):
     torch.manual_seed(0)
     logits = torch.randn(6, 12) * 3  # [B, V], continuous: no ties
     for k in (1, 2, 5, 11):
-        probs = warp(logits, temperature=1.0, top_k=k)  # [B, V]
+        probs = warp(logits.to(device), temperature=1.0, top_k=k).cpu()  # [B, V]
         assert probs.shape == logits.shape
         for row, x in zip(probs, logits.double().numpy()):
             keep = set(np.argsort(-x)[:k].tolist())
@@ -78,15 +78,15 @@ def test_top_k_keeps_the_k_largest_logits_and_renormalises():
                                        atol=1e-6, rtol=0)
 
 
-def test_top_k_off_when_zero_or_at_least_vocab_size():
+def test_top_k_off_when_zero_or_at_least_vocab_size(device):
     torch.manual_seed(1)
     logits = torch.randn(3, 7)
     full = torch.from_numpy(np.stack([softmax(x) for x in logits.double().numpy()]))
     for k in (0, 7, 50):
-        torch.testing.assert_close(warp(logits, 1.0, k).double(), full, atol=1e-6, rtol=0)
+        torch.testing.assert_close(warp(logits.to(device), 1.0, k).cpu().double(), full, atol=1e-6, rtol=0)
 
 
-def test_top_k_keeps_ties_at_the_kth_value():
+def test_top_k_keeps_ties_at_the_kth_value(device):
     # Documented behaviour: warp keeps every token whose logit is >= the k-th largest, so a
     # tie at the edge keeps all tied tokens (here 3 tokens for k=2, 2 tokens for k=1).
     logits = torch.tensor([3.0, 1.0, 2.0, 2.0, 0.0])
@@ -95,19 +95,19 @@ def test_top_k_keeps_ties_at_the_kth_value():
         kth = np.sort(x)[::-1][k - 1]
         keep = {i for i in range(len(x)) if x[i] >= kth}
         assert keep == expected  # the reference rule, spelled out on this example
-        probs = warp(logits, 1.0, top_k=k)
+        probs = warp(logits.to(device), 1.0, top_k=k).cpu()
         assert support(probs) == keep
         torch.testing.assert_close(probs.double(), torch.from_numpy(restricted(softmax(x), keep)),
                                    atol=1e-6, rtol=0)
     tied_top = torch.tensor([2.0, 2.0, 1.0])
-    assert support(warp(tied_top, 1.0, top_k=1)) == {0, 1}
+    assert support(warp(tied_top.to(device), 1.0, top_k=1).cpu()) == {0, 1}
 
 
-def test_top_p_keeps_the_smallest_prefix_reaching_top_p():
+def test_top_p_keeps_the_smallest_prefix_reaching_top_p(device):
     torch.manual_seed(2)
     logits = torch.randn(8, 12) * 2  # [B, V]
     for top_p in (1e-9, 0.3, 0.5, 0.8, 0.9, 0.99, 1.0):
-        probs = warp(logits, temperature=1.0, top_p=top_p)
+        probs = warp(logits.to(device), temperature=1.0, top_p=top_p).cpu()
         for row, x in zip(probs, logits.double().numpy()):
             ref = softmax(x)
             if top_p < 1:
@@ -122,20 +122,20 @@ def test_top_p_keeps_the_smallest_prefix_reaching_top_p():
                 assert len(keep) == len(x)  # top_p 1 keeps everything
 
 
-def test_top_p_always_keeps_the_top_token():
+def test_top_p_always_keeps_the_top_token(device):
     # One token already holds more than top_p: the prefix is that token alone.
     logits = torch.tensor([10.0, 0.0, 0.0, 0.0])
-    probs = warp(logits, 1.0, top_p=0.5)
+    probs = warp(logits.to(device), 1.0, top_p=0.5).cpu()
     assert support(probs) == {0} and probs[0] == 1
 
 
-def test_top_k_then_top_p_on_the_renormalised_top_k():
+def test_top_k_then_top_p_on_the_renormalised_top_k(device):
     # top-p measures mass on the distribution left by top-k (renormalised), not on the full
     # softmax; the seed is chosen so that some rows keep different supports under the two.
     torch.manual_seed(3)
     logits = torch.randn(8, 10) * 1.5
     k, top_p = 4, 0.7
-    probs = warp(logits, 1.0, top_k=k, top_p=top_p)
+    probs = warp(logits.to(device), 1.0, top_k=k, top_p=top_p).cpu()
     differs = 0
     for row, x in zip(probs, logits.double().numpy()):
         after_k = restricted(softmax(x), set(np.argsort(-x)[:k].tolist()))
@@ -148,7 +148,7 @@ def test_top_k_then_top_p_on_the_renormalised_top_k():
     assert differs > 0, "no row tells the two orders apart; pick another seed"
 
 
-def test_temperature_applies_before_top_p():
+def test_temperature_applies_before_top_p(device):
     # Hand-checked: softmax(x / 0.5) = [.87, .12, ...] -> top_p 0.8 keeps {0};
     # softmax(x / 2) = [.46, .28, .17, .10] -> keeps {0, 1, 2}. Were temperature applied
     # after top-p, both would keep the support of softmax(x) at 0.8, which is {0, 1}.
@@ -160,17 +160,17 @@ def test_temperature_applies_before_top_p():
         ref = softmax(x / temperature)
         keep = ref_top_p_support(ref, top_p)
         assert keep == expected
-        probs = warp(logits, temperature, top_p=top_p)
+        probs = warp(logits.to(device), temperature, top_p=top_p).cpu()
         assert support(probs) == keep
         torch.testing.assert_close(probs.double(), torch.from_numpy(restricted(ref, keep)),
                                    atol=1e-6, rtol=0)
 
 
-def test_temperature_scales_logits_before_top_k():
+def test_temperature_scales_logits_before_top_k(device):
     torch.manual_seed(4)
     logits = torch.randn(4, 9)
     for temperature in (0.3, 1.0, 2.5):
-        probs = warp(logits, temperature, top_k=3)
+        probs = warp(logits.to(device), temperature, top_k=3).cpu()
         for row, x in zip(probs, logits.double().numpy()):
             keep = set(np.argsort(-x)[:3].tolist())
             torch.testing.assert_close(row.double(),
@@ -178,15 +178,15 @@ def test_temperature_scales_logits_before_top_k():
                                        atol=1e-6, rtol=0)
 
 
-def test_temperature_zero_is_one_hot_argmax():
+def test_temperature_zero_is_one_hot_argmax(device):
     torch.manual_seed(5)
     logits = torch.randn(5, 11)
-    probs = warp(logits, temperature=0, top_k=3, top_p=0.5)  # top-k/top-p are moot when greedy
+    probs = warp(logits.to(device), temperature=0, top_k=3, top_p=0.5).cpu()  # top-k/top-p are moot when greedy
     expected = torch.zeros(5, 11)
     expected[torch.arange(5), [int(np.argmax(x)) for x in logits.numpy()]] = 1
     assert torch.equal(probs, expected)
     # ties: the first maximum
-    assert torch.equal(warp(torch.tensor([1.0, 3.0, 3.0, 0.0]), 0), torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    assert torch.equal(warp(torch.tensor([1.0, 3.0, 3.0, 0.0], device=device), 0).cpu(), torch.tensor([0.0, 1.0, 0.0, 0.0]))
 
 
 @pytest.mark.parametrize("name, value", [
@@ -194,22 +194,22 @@ def test_temperature_zero_is_one_hot_argmax():
     ("top_p", 0.0), ("top_p", 1.5),
     ("top_k", -1), ("top_k", 2.5),
 ])
-def test_invalid_arguments_raise_value_error(name, value):
+def test_invalid_arguments_raise_value_error(name, value, device):
     kwargs = {name: value}
     with pytest.raises(ValueError, match=name):
         Warper(**kwargs)
     with pytest.raises(ValueError, match=name):
-        warp(torch.randn(5), **kwargs)
+        warp(torch.randn(5, device=device), **kwargs)
 
 
-def test_valid_edge_arguments_are_accepted():
+def test_valid_edge_arguments_are_accepted(device):
     for kwargs in (dict(temperature=0.0), dict(top_p=1.0), dict(top_k=0), dict(top_p=1e-9)):
         Warper(**kwargs)
-        warp(torch.randn(5), **kwargs)
+        warp(torch.randn(5, device=device), **kwargs)
 
 
-def test_whole_float_top_k_is_rejected_or_works():
-    logits = torch.randn(6)
+def test_whole_float_top_k_is_rejected_or_works(device):
+    logits = torch.randn(6, device=device)
     try:
         probs = warp(logits, 1.0, top_k=2.0)
     except ValueError:
@@ -220,21 +220,22 @@ def test_whole_float_top_k_is_rejected_or_works():
 # ---------------------------------------------------------------------------- Warper
 
 
-def test_warper_greedy_is_argmax():
+def test_warper_greedy_is_argmax(device):
     torch.manual_seed(6)
     logits = torch.randn(3, 4, 17)  # [B, T, V]
     w = Warper()
     assert w.greedy
-    ids = w.next_token(logits)
+    ids = w.next_token(logits.to(device))
     assert ids.shape == (3, 4)
     assert ids.tolist() == np.argmax(logits.numpy(), -1).tolist()
 
 
-def test_warper_probs_is_warp():
+def test_warper_probs_is_warp(device):
     torch.manual_seed(7)
     logits = torch.randn(2, 13)
     w = Warper(temperature=0.7, top_k=5, top_p=0.9)
     assert not w.greedy
+    logits = logits.to(device)
     assert torch.equal(w.probs(logits), warp(logits, 0.7, 5, 0.9))
 
 
@@ -357,18 +358,19 @@ def test_accept_drafts_rejects_impossible_draft_and_resamples_residual(device):
     assert chi_square(torch.tensor(out), residual) < CHI2_999[1]
 
 
-def test_accept_drafts_with_a_point_mass_draft():
+def test_accept_drafts_with_a_point_mass_draft(device):
     """A copied draft (prompt lookup) is not sampled: its q is one-hot on it. The rule then
     accepts it with probability p0(d), else samples p0 with d removed, so the first emitted
     token is still distributed as p0 -- for a likely draft and for an unlikely one."""
-    p = torch.tensor(np.stack([P0, P1]), dtype=torch.float32)  # [k + 1, V]
-    g = torch.Generator().manual_seed(0)
+    p = torch.tensor(np.stack([P0, P1]), dtype=torch.float32, device=device)  # [k + 1, V]
+    g = torch.Generator(device).manual_seed(0)
     runs = 5000
     for d in (0, 2):
-        q = torch.nn.functional.one_hot(torch.tensor([d]), 4).float()  # [k, V]
+        draft = torch.tensor([d], device=device)
+        q = torch.nn.functional.one_hot(draft, 4).float()  # [k, V]
         first, accepted = [], 0
         for _ in range(runs):
-            n, nxt = accept_drafts(p, q, torch.tensor([d]), g)
+            n, nxt = accept_drafts(p, q, draft, g)
             first.append(d if n == 1 else int(nxt))
             accepted += n
         assert chi_square(torch.tensor(first), P0) < CHI2_999[3]

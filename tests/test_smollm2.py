@@ -29,12 +29,13 @@ def read(path):
         return f.read()
 
 
-def test_logits_equal_transformers_on_the_converted_base():
+def test_logits_equal_transformers_on_the_converted_base(device):
     transformers = pytest.importorskip("transformers")
     tok = Tokenizer(BASE)
-    ids = torch.tensor([tok.encode("def fibonacci(n):\n    if n < 2:\n        return n\n    return 12345")])
-    ours = load_model(BASE)
-    theirs = transformers.LlamaForCausalLM.from_pretrained(BASE, dtype=torch.float32).eval()
+    ids = torch.tensor([tok.encode("def fibonacci(n):\n    if n < 2:\n        return n\n    return 12345")],
+                       device=device)
+    ours = load_model(BASE, device=device)
+    theirs = transformers.LlamaForCausalLM.from_pretrained(BASE, dtype=torch.float32).eval().to(device)
     with torch.no_grad():
         a, b = ours(ids), theirs(ids).logits
     assert (a - b).abs().max().item() <= 1e-4
@@ -51,8 +52,8 @@ def test_the_tokenizer_round_trips_python_source():
 
 @pytest.mark.skipif(not os.path.isdir(SAT), reason=f"{SAT} missing: run bash get_smollm2.sh")
 @pytest.mark.parametrize("k", [3, 5])
-def test_greedy_sdsat_equals_greedy_ar_on_the_sat_model(k):
-    model = load_model(SAT)
+def test_greedy_sdsat_equals_greedy_ar_on_the_sat_model(k, device):
+    model = load_model(SAT, device=device)
     tok = Tokenizer(SAT)
     sat = model.args.sat_token_id
     assert sat is not None and tok.id_to_piece(sat).startswith("<")  # a special token, never in code
