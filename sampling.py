@@ -38,21 +38,52 @@ def warp(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: 
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = logits.softmax(-1)
     if top_p < 1:
-        # Only the most likely tokens can be kept, so sort only them: the top m, with m grown
-        # until they hold top_p of the mass in every row (a full sort of a 32k vocabulary
-        # costs more than a small model's forward pass). Every token outside the top m has
-        # more than top_p of mass before it, so it would be dropped anyway.
-        m = min(64, probs.shape[-1])
-        while True:
-            sorted_p, order = probs.topk(m, dim=-1)  # [..., m] descending
-            if m == probs.shape[-1] or bool((sorted_p.sum(-1) >= top_p).all()):
-                break
-            m = min(8 * m, probs.shape[-1])
-        mass_before = sorted_p.cumsum(-1) - sorted_p  # mass of the more likely tokens
-        keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, mass_before < top_p)
-        probs = probs.masked_fill(~keep, 0.0)
+        probs = probs.masked_fill(~top_p_keep(probs, top_p), 0.0)
         probs = probs / probs.sum(-1, keepdim=True)
     return probs
+
+
+def top_p_keep(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Boolean [..., V]: the most likely tokens of each row, in order, until their mass first
+    reaches top_p (a token is kept when the mass before it is < top_p).
+
+    The plain way sorts every row, and on a CPU that is slow: sorting 8k-50k probabilities
+    costs as much as a small model's forward pass. Only the tokens near the edge of the
+    kept set need an order, so:
+      1. if the top 64 tokens hold top_p in every row (a low temperature), sort only those;
+      2. else put every token in a bucket by value. The bit pattern of a non-negative
+         float32 orders as its value does, so its top 12 bits (sign 0, 8 exponent bits, 3
+         mantissa bits) number 1024 buckets, 8 per octave, lowest value first. Summing
+         mass per bucket from the top finds the edge bucket, the one where the running
+         mass reaches top_p. Buckets above it are kept whole, those below dropped, and
+         only the edge bucket's few tokens are sorted.
+    Both are exact: they keep what a full sort would (ties at the edge in either order).
+    """
+    sorted_p, order = probs.topk(min(64, probs.shape[-1]), dim=-1)  # [..., 64] descending
+    if bool((sorted_p.sum(-1) >= top_p).all()):  # the one host sync of the common case
+        return prefix_keep(probs, sorted_p, order, 0.0, top_p)
+    V = probs.shape[-1]
+    p = probs.reshape(-1, V)  # [R, V]
+    bucket = p.view(torch.int32) >> 20  # [R, V] in 0 .. 1016 (1.0 is 0x3F800000)
+    mass = torch.zeros(p.shape[0], 1025, device=p.device).scatter_add_(1, bucket.long(), p)
+    at_or_above = mass.flip(-1).cumsum(-1).flip(-1)  # [R, 1025]: mass in buckets >= b
+    edge = (at_or_above >= top_p).sum(-1, keepdim=True) - 1  # [R, 1]; -1: everything is kept
+    above_edge = at_or_above.gather(1, edge + 1)  # mass of the buckets kept whole
+    keep = bucket > edge
+    in_edge = bucket == edge
+    m = int(in_edge.sum(-1).max())  # the edge bucket's size, at most
+    if m:
+        sorted_p, order = p.masked_fill(~in_edge, -1.0).topk(m, dim=-1)  # [R, m]; -1: padding
+        keep |= prefix_keep(p, sorted_p, order, above_edge, top_p) & in_edge
+    return keep.view(probs.shape)
+
+
+def prefix_keep(probs, sorted_p, order, mass_above, top_p: float) -> torch.Tensor:
+    """Boolean like probs: the tokens of `order` (sorted_p descending, -1 for padding) whose
+    mass before them, mass_above plus their predecessors in the list, is < top_p."""
+    sorted_p = sorted_p.clamp(min=0)
+    mass_before = mass_above + sorted_p.cumsum(-1) - sorted_p
+    return torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, mass_before < top_p)
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
