@@ -148,7 +148,8 @@ def verify(warper: Warper, logits: torch.Tensor, drafts: torch.Tensor, q, genera
         n = next((i for i in range(k) if d[i] != h[i]), k)
         return n, h[n], d
     n, nxt = accept_drafts(warper.probs(logits), q, drafts, generator)
-    return n, int(nxt), drafts.tolist()
+    *d, nxt = torch.cat([drafts, nxt.view(1)]).tolist()  # one host sync for both
+    return n, nxt, d
 
 
 
@@ -302,8 +303,8 @@ def generate_sdsat_tree(model: Llama, cache: KVCache, logits: torch.Tensor, max_
         stats.forwards += 1
         # One target choice per node, all at once (one host sync); only the walked path's
         # choices are used, and each is an independent draw from that node's distribution.
-        choice = warper.next_token(logits, generator).tolist()
-        node_tokens = nodes.tolist()
+        both = torch.cat([warper.next_token(logits, generator), nodes]).tolist()
+        choice, node_tokens = both[:tree.size], both[tree.size:]
         path = [0]
         while True:
             want = choice[path[-1]]
