@@ -122,6 +122,31 @@ def test_top_p_keeps_the_smallest_prefix_reaching_top_p(device):
                 assert len(keep) == len(x)  # top_p 1 keeps everything
 
 
+def test_top_p_on_flat_rows_that_the_top_64_do_not_cover(device):
+    """Flat rows need thousands of tokens to reach top_p, so warp takes its bucket route
+    (sampling.top_p_keep); a peaked row rides along in the same batch. Checked against the
+    float64 walk; (row, top_p) pairs whose prefix masses sit within 1e-6 of top_p are left
+    out, since float32 and float64 may then disagree on where the prefix ends."""
+    g = torch.Generator().manual_seed(10)
+    logits = torch.randn(6, 3000, generator=g) * 0.7  # [B, V]
+    logits[0] *= 30  # peaked: the top 64 alone hold top_p
+    logits[1, :1000] = float("-inf")  # zeros in the row: never kept
+    checked = 0
+    for top_p in (0.3, 0.9, 0.99):
+        probs = warp(logits.to(device), temperature=1.0, top_p=top_p).cpu()
+        for row, x in zip(probs, logits.double().numpy()):
+            ref = softmax(x)
+            cum = np.cumsum(np.sort(ref)[::-1])
+            if np.abs(cum - top_p).min() < 1e-6:
+                continue
+            keep = ref_top_p_support(ref, top_p)
+            assert support(row) == keep, f"top_p={top_p}"
+            torch.testing.assert_close(row.double(), torch.from_numpy(restricted(ref, keep)), atol=1e-6, rtol=0)
+            checked += 1
+    assert checked >= 15
+    assert len(ref_top_p_support(softmax(logits[2].double().numpy()), 0.9)) > 64  # the bucket route ran
+
+
 def test_top_p_always_keeps_the_top_token(device):
     # One token already holds more than top_p: the prefix is that token alone.
     logits = torch.tensor([10.0, 0.0, 0.0, 0.0])
