@@ -1,15 +1,20 @@
 """Ship a fine-tune as the tensors it changed, and rebuild it on top of its base.
 
     python sat_delta.py make  --base models/smollm2-135m --tuned runs/sat-export --out models/smollm2-135m-sat-delta
+    python sat_delta.py make  ... --rank 48     # every block tuned: ship a low-rank change
     python sat_delta.py apply --base models/smollm2-135m --delta models/smollm2-135m-sat-delta --out models/smollm2-135m-sat
 
-SAT fine-tuning with `train_sat.py --train-layers N` changes only the top N blocks and
-the SAT's embedding row. Everything else is the base model, which users convert
+SAT fine-tuning changes the blocks (all, or the top N with `train_sat.py --train-layers N`)
+and the SAT's embedding row. Everything else is the base model, which users convert
 themselves (convert_gguf.py), so the project ships only what changed:
 
   delta/model.safetensors   every changed tensor, whole, in bf16; a 2-D tensor of which
                             only some rows changed (the embedding) as those rows plus
-                            their indices: NAME.rows [r, D] and NAME.row_ids [r]
+                            their indices: NAME.rows [r, D] and NAME.row_ids [r];
+                            with --rank R, a changed weight matrix W as the best rank-R
+                            approximation of its change (truncated SVD), in two factors
+                            NAME.delta_a [out, R] and NAME.delta_b [R, in]:
+                            W = W_base + delta_a @ delta_b
                             metadata "config": the config.json keys that changed
   delta/training.json       the fine-tune's report, and corpus.json, its data's split,
                             copied from the tuned directory
@@ -42,8 +47,17 @@ def read_tensors(path: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def make(base: str, tuned: str, out: str, max_mib: float = 32.0) -> dict:
-    """Write the delta of `tuned` over `base`; returns {name: what was kept}."""
+def low_rank(change: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(a [out, r], b [r, in], share of the change's squared norm kept): a @ b is the
+    closest rank-r matrix to `change` (Eckart-Young: the top r singular directions)."""
+    u, s, vh = torch.linalg.svd(change.float(), full_matrices=False)
+    kept = float((s[:rank] ** 2).sum() / (s ** 2).sum())
+    return u[:, :rank] * s[:rank], vh[:rank], kept
+
+
+def make(base: str, tuned: str, out: str, max_mib: float = 32.0, rank: int | None = None) -> dict:
+    """Write the delta of `tuned` over `base`; returns {name: what was kept}. With `rank`,
+    a changed matrix is stored as a rank-`rank` change when that is smaller."""
     base_cfg, tuned_cfg = read_config(base).to_config(), read_config(tuned).to_config()
     a, b = read_tensors(base), read_tensors(tuned)
     if set(a) != set(b):
@@ -60,13 +74,19 @@ def make(base: str, tuned: str, out: str, max_mib: float = 32.0) -> dict:
             delta[name + ".rows"] = new[rows].to(torch.bfloat16).contiguous()
             delta[name + ".row_ids"] = rows.to(torch.int64)
             kept[name] = f"rows {rows.tolist()}"
+        elif rank and new.dim() == 2 and rank * sum(new.shape) < new.numel():
+            a_, b_, share = low_rank(new.float() - a[name].float(), rank)
+            delta[name + ".delta_a"] = a_.to(torch.bfloat16).contiguous()
+            delta[name + ".delta_b"] = b_.to(torch.bfloat16).contiguous()
+            kept[name] = f"rank {rank}, {share:.0%} of the change"
         else:
             delta[name] = new.to(torch.bfloat16).contiguous()
             kept[name] = "whole"
     config = {k: v for k, v in tuned_cfg.items() if base_cfg.get(k) != v and k not in ("dtype", "torch_dtype")}
     size = sum(t.numel() * t.element_size() for t in delta.values())
     if size > max_mib * 2**20:
-        raise CheckpointError(f"the delta is {size / 2**20:.1f} MiB, over the {max_mib:g} MiB cap: train fewer blocks")
+        raise CheckpointError(f"the delta is {size / 2**20:.1f} MiB, over the {max_mib:g} MiB cap: "
+                              "train fewer blocks, or give a (lower) --rank")
     os.makedirs(out, exist_ok=True)
     atomic_write(os.path.join(out, DELTA_FILE),
                  lambda tmp: save_file(delta, tmp, metadata={"config": json.dumps(config)}))
@@ -86,9 +106,15 @@ def apply(base: str, delta_dir: str, out: str):
         overrides = json.loads(f.metadata()["config"])
     tensors = read_tensors(base)
     for name, t in delta.items():
-        if name.endswith(".row_ids"):
+        if name.endswith((".row_ids", ".delta_b")):
             continue
-        if name.endswith(".rows"):
+        if name.endswith(".delta_a"):
+            target = name.removesuffix(".delta_a")
+            change = t.float() @ delta[target + ".delta_b"].float()
+            if target not in tensors or tensors[target].shape != change.shape:
+                raise CheckpointError(f"{delta_dir}: {target} does not fit {base} (another base model?)")
+            tensors[target] = (tensors[target].float() + change).to(tensors[target].dtype)
+        elif name.endswith(".rows"):
             target = tensors[name.removesuffix(".rows")]
             target[delta[name.removesuffix(".rows") + ".row_ids"]] = t.to(target.dtype)
         elif name not in tensors or tensors[name].shape != t.shape:
@@ -118,6 +144,8 @@ def main():
     m.add_argument("--tuned", required=True, help="the fine-tuned model (train_sat.py --export)")
     m.add_argument("--out", required=True, help="directory for the delta")
     m.add_argument("--max-mib", type=float, default=32.0, help="refuse a delta larger than this (default: %(default)s)")
+    m.add_argument("--rank", type=int, default=None,
+                   help="store each changed weight matrix as its best rank-R change (default: whole)")
     a_ = sub.add_parser("apply", help="rebuild the fine-tuned model from its base and a delta")
     a_.add_argument("--base", required=True, help="the model the delta was made from")
     a_.add_argument("--delta", required=True, help="directory written by `make`")
@@ -125,7 +153,9 @@ def main():
     a = p.parse_args()
     try:
         if a.command == "make":
-            kept = make(a.base, a.tuned, a.out, a.max_mib)
+            if a.rank is not None and a.rank < 1:
+                sys.exit(f"error: --rank must be at least 1, got {a.rank}")
+            kept = make(a.base, a.tuned, a.out, a.max_mib, a.rank)
             size = os.path.getsize(os.path.join(a.out, DELTA_FILE))
             print(f"wrote {a.out}/{DELTA_FILE}: {len(kept)} changed tensors, {size / 2**20:.1f} MiB")
         else:

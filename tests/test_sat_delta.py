@@ -55,3 +55,35 @@ def test_a_delta_over_the_cap_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="over the 0.01 MiB cap"):
         sat_delta.make(str(tmp_path / "base"), str(tmp_path / "tuned"), str(tmp_path / "delta"), max_mib=0.01)
     assert not os.path.exists(tmp_path / "delta")
+
+
+def test_a_low_rank_change_ships_as_two_factors(tmp_path):
+    """Every block changed by an exact rank-2 matrix: --rank 2 stores two thin factors per
+    weight matrix and rebuilds the tuned weights to bf16 rounding; rank 1 cannot."""
+    base, tuned = tiny(), tiny()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in tuned.layers.parameters():
+            if p.dim() == 2:
+                p.add_(0.05 * torch.randn(p.shape[0], 2, generator=g) @ torch.randn(2, p.shape[1], generator=g))
+            else:
+                p.add_(0.01)  # norm weights: vectors, stored whole
+        tuned.embed_tokens.weight[7] += 0.5
+    save_model(base, str(tmp_path / "base"))
+    save_model(tuned, str(tmp_path / "tuned"))
+    kept = sat_delta.make(str(tmp_path / "base"), str(tmp_path / "tuned"), str(tmp_path / "delta"), rank=2)
+    matrices = {f"model.{n}" for n, p in tuned.layers.named_parameters(prefix="layers") if p.dim() == 2}
+    assert {n for n, how in kept.items() if how == "rank 2, 100% of the change"} == matrices
+    assert kept["model.embed_tokens.weight"] == "rows [7]"
+    sat_delta.apply(str(tmp_path / "base"), str(tmp_path / "delta"), str(tmp_path / "rebuilt"))
+    rebuilt = dict(load_model(str(tmp_path / "rebuilt")).named_parameters())
+    before = dict(base.named_parameters())
+    for name, p in tuned.named_parameters():
+        if f"model.{name}" in matrices:  # the factors' bf16 rounding, relative to the change
+            atol = 0.01 * (p - before[name]).abs().max().item()
+        else:  # stored whole (or as rows) in bf16: rounding of the value itself
+            atol = 2**-8 * p.abs().max().item()
+        torch.testing.assert_close(rebuilt[name], p, atol=atol, rtol=0, msg=name)
+    one = sat_delta.make(str(tmp_path / "base"), str(tmp_path / "tuned"), str(tmp_path / "delta1"), rank=1)
+    assert all(how.startswith("rank 1") and how != "rank 1, 100% of the change"
+               for n, how in one.items() if n in matrices)
