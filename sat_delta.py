@@ -14,7 +14,8 @@ themselves (convert_gguf.py), so the project ships only what changed:
                             with --rank R, a changed weight matrix W as the best rank-R
                             approximation of its change (truncated SVD), in two factors
                             NAME.delta_a [out, R] and NAME.delta_b [R, in]:
-                            W = W_base + delta_a @ delta_b
+                            W = W_base + delta_a @ delta_b (the change is taken from
+                            the base rounded to the tuned dtype: rounding is no change)
                             metadata "config": the config.json keys that changed
   delta/training.json       the fine-tune's report, and corpus.json, its data's split,
                             copied from the tuned directory
@@ -75,7 +76,7 @@ def make(base: str, tuned: str, out: str, max_mib: float = 32.0, rank: int | Non
             delta[name + ".row_ids"] = rows.to(torch.int64)
             kept[name] = f"rows {rows.tolist()}"
         elif rank and new.dim() == 2 and rank * sum(new.shape) < new.numel():
-            a_, b_, share = low_rank(new.float() - a[name].float(), rank)
+            a_, b_, share = low_rank(new.float() - old.float(), rank)  # old: the base in the tuned dtype
             delta[name + ".delta_a"] = a_.to(torch.bfloat16).contiguous()
             delta[name + ".delta_b"] = b_.to(torch.bfloat16).contiguous()
             kept[name] = f"rank {rank}, {share:.0%} of the change"
