@@ -9,12 +9,14 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import stdlib_corpus
 from model import BASE_MODEL
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ["decode.py", "bench.py", "train_sat.py", "corpus.py", "tokenizer.py", "random_checkpoint.py"]
+SCRIPTS = ["decode.py", "bench.py", "train_sat.py", "corpus.py", "tokenizer.py", "random_checkpoint.py",
+           "sat_delta.py", "convert_gguf.py"]
 
 
 def run(args, tmp_path):
@@ -98,6 +100,8 @@ def long_position_model(tmp_path_factory):
     (["train_sat.py", "--data", "missing-dir", "--out", "run"], "error: missing-dir has no train.bin"),
     (["corpus.py", "--out", "data", "--root", "missing-dir"], "error: --root missing-dir does not exist"),
     (["random_checkpoint.py", "--config", "missing.json", "--out", "ckpt"], "error: cannot read missing.json"),
+    (["sat_delta.py", "make", "--base", "b", "--tuned", "t", "--out", "d", "--rank", "0"],
+     "error: --rank must be at least 1"),
 ])
 def test_user_mistakes_are_one_line_errors(args, message, tmp_path):
     proc = run([os.path.join(REPO, args[0]), *args[1:]], tmp_path)
@@ -106,6 +110,13 @@ def test_user_mistakes_are_one_line_errors(args, message, tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
     if args[0] != "train_sat.py":  # (it names the model it starts from first)
         assert proc.stdout == ""  # refused before any output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_train_on_cuda_without_cuda_is_one_line(tmp_path):
+    proc = run([os.path.join(REPO, "train_sat.py"), "--device", "cuda", "--data", "d", "--out", "run"], tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --device cuda but CUDA is not available")
 
 
 @pytest.mark.parametrize("method, k", [("sdsat", "3000"), ("fused", "3000")])
