@@ -42,9 +42,9 @@ import torch
 
 from corpus import read_text, stdlib_root
 from decode import (TREE_DEPTH5, Stats, build_tree, generate_ar, generate_fused, generate_hybrid, generate_lookup,
-                    generate_sdsat, generate_sdsat_tree, load_or_exit, load_tokenizer_or_exit, pick_device, prefill,
+                    generate_sdsat, generate_sdsat_tree, load_or_exit, load_tokenizer_or_exit, prefill,
                     read_config_or_exit, resolve_sat_id)
-from model import DEFAULT_MODEL, DTYPES, KVCache, Llama, StaticModel, write_json, write_text
+from model import DEFAULT_MODEL, DTYPES, KVCache, Llama, StaticModel, pick_device, write_json, write_text
 from sampling import Warper
 from tokenizer import Tokenizer
 

@@ -33,7 +33,8 @@ if __name__ == "__main__":  # Ctrl-C while torch is still loading: exit quietly,
 import torch
 import torch.nn.functional as F
 
-from model import DEFAULT_MODEL, DTYPES, CheckpointError, KVCache, Llama, ModelArgs, StaticModel, load_model, read_config
+from model import (DEFAULT_MODEL, DTYPES, CheckpointError, KVCache, Llama, ModelArgs, StaticModel, load_model, pick_device,
+                   read_config)
 from sampling import Warper, accept_drafts, sample
 from sat import sat_layout
 
@@ -530,12 +531,6 @@ def generate_hybrid(model: Llama, cache: KVCache, logits: torch.Tensor, max_new:
 
 
 # ----------------------------------------------------------------------------- CLI
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but CUDA is not available here (use --device cpu)")
-    return torch.device(name)
 
 
 def load_or_exit(path: str, device, dtype) -> Llama:

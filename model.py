@@ -516,6 +516,13 @@ def _open_safetensors(file: str):
         raise CheckpointError(f"{file} is not a readable safetensors file ({e})") from None
 
 
+def pick_device(name: str) -> torch.device:
+    """The device of a script's --device NAME (cpu or cuda), or one line saying CUDA is missing."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but CUDA is not available here (use --device cpu)")
+    return torch.device(name)
+
+
 def load_model(path: str, device="cpu", dtype: torch.dtype = torch.float32) -> Llama:
     """Load a Hugging Face layout checkpoint, strictly, without pickle.
 

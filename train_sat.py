@@ -85,7 +85,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from model import (BASE_MODEL, CheckpointError, Llama, ModelArgs, atomic_write, init_weights, load_model,
-                   save_model, write_json)
+                   pick_device, save_model, write_json)
 from sat import sat_layout
 from tokenizer import FILES as TOKENIZER_FILES, tokenizer_hash
 
@@ -523,10 +523,9 @@ def fmt_time(seconds: float) -> str:
 def distributed(name: str = "cpu") -> tuple[int, int, torch.device]:
     """(rank, world size, device) for --device NAME; starts the process group under torchrun
     (one GPU per process on cuda, gloo on cpu)."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but CUDA is not available here (use --device cpu)")
+    device = pick_device(name)
     if "RANK" not in os.environ:
-        return 0, 1, torch.device(name)
+        return 0, 1, device
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if name == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
