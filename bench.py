@@ -314,7 +314,7 @@ def latency_only(a, device: torch.device):
     print(table)
     os.makedirs(a.out, exist_ok=True)
     write_json(os.path.join(a.out, "latency.json"), record)
-    write_text(os.path.join(a.out, "latency.md"), table + "\n")
+    write_text(os.path.join(a.out, "latency.md"), environment_line(record["environment"]) + table + "\n")
     print(f"\nwrote {a.out}/latency.json and latency.md", file=sys.stderr)
 
 
@@ -519,6 +519,28 @@ def plot(results: dict, path: str):
     print(f"plot: {path}", file=sys.stderr)
 
 
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name and whether it has bf16 matrix instructions (Linux's
+    /proc/cpuinfo). Without them PyTorch's bf16 matmuls take a slow path: the same model and
+    code timed a 6-token bf16 forward at 0.91x a 1-token one on the machine of this
+    project's first sessions and at 2.86x on a later one without them (DEMO_MODEL.md), so
+    a CPU's bf16 numbers mean little without this line."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        return name
+    bf16 = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    return f"{name}; bf16 instructions: {', '.join(bf16) if bf16 else 'none'}"
+
+
 def environment(device: torch.device) -> dict:
     here = os.path.dirname(os.path.abspath(__file__))
     try:
@@ -529,9 +551,15 @@ def environment(device: torch.device) -> dict:
     except OSError:
         commit = ""
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-            f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+            f"cpu ({cpu_description()}; {torch.get_num_threads()} threads)",
             "torch": torch.__version__, "python": platform.python_version(), "commit": commit or "unknown",
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def environment_line(env: dict) -> str:
+    """The first line of bench.md and latency.md: where the numbers come from."""
+    commit = env["commit"][:12] + (" with uncommitted changes" if "uncommitted" in env["commit"] else "")
+    return f"_{env['device']}, torch {env['torch']}, commit {commit}, {env['time']}_\n"
 
 
 def main():
@@ -661,7 +689,7 @@ def main():
     record = {"environment": environment(device), "model": os.path.abspath(a.model), "max_new_tokens": max_new,
               "prompt_sets": {k: [t["id"] for t in v] for k, v in texts.items()}, "results": results}
     write_json(os.path.join(a.out, "bench.json"), record)
-    write_text(os.path.join(a.out, "bench.md"), table + "\n")
+    write_text(os.path.join(a.out, "bench.md"), environment_line(record["environment"]) + table + "\n")
     plot(results, os.path.join(a.out, "bench.png"))
     print(f"\nwrote {a.out}/bench.json and bench.md", file=sys.stderr)
 

@@ -98,3 +98,11 @@ def test_prompts_file_malformed_line_is_named(lines, message, tmp_path):
     with pytest.raises(SystemExit) as e:
         bench.file_prompts(str(path))
     assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("flags, says", [("fpu sse2 avx2 fma", "none"),
+                                         ("fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile", "amx_bf16, avx512_bf16")])
+def test_cpu_description_names_the_bf16_instructions(flags, says, tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: Some CPU 9000\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert bench.cpu_description(str(info)) == f"Some CPU 9000; bf16 instructions: {says}"
