@@ -106,21 +106,27 @@ def apply(base: str, delta_dir: str, out: str):
         delta = {k: f.get_tensor(k) for k in f.keys()}
         overrides = json.loads(f.metadata()["config"])
     tensors = read_tensors(base)
+
+    def require(fits: bool, name: str):
+        if not fits:
+            raise CheckpointError(f"{delta_dir}: {name} does not fit {base} (another base model?)")
+
     for name, t in delta.items():
         if name.endswith((".row_ids", ".delta_b")):
             continue
         if name.endswith(".delta_a"):
             target = name.removesuffix(".delta_a")
             change = t.float() @ delta[target + ".delta_b"].float()
-            if target not in tensors or tensors[target].shape != change.shape:
-                raise CheckpointError(f"{delta_dir}: {target} does not fit {base} (another base model?)")
+            require(target in tensors and tensors[target].shape == change.shape, target)
             tensors[target] = (tensors[target].float() + change).to(tensors[target].dtype)
         elif name.endswith(".rows"):
-            target = tensors[name.removesuffix(".rows")]
-            target[delta[name.removesuffix(".rows") + ".row_ids"]] = t.to(target.dtype)
-        elif name not in tensors or tensors[name].shape != t.shape:
-            raise CheckpointError(f"{delta_dir}: {name} does not fit {base} (another base model?)")
+            target = name.removesuffix(".rows")
+            ids = delta[target + ".row_ids"]
+            require(target in tensors and tensors[target].shape[1:] == t.shape[1:]
+                    and int(ids.max()) < len(tensors[target]), target)
+            tensors[target][ids] = t.to(tensors[target].dtype)
         else:
+            require(name in tensors and tensors[name].shape == t.shape, name)
             tensors[name] = t.to(tensors[name].dtype)
     tmp = out.rstrip("/") + ".building"
     shutil.rmtree(tmp, ignore_errors=True)

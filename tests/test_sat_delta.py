@@ -87,3 +87,23 @@ def test_a_low_rank_change_ships_as_two_factors(tmp_path):
     one = sat_delta.make(str(tmp_path / "base"), str(tmp_path / "tuned"), str(tmp_path / "delta1"), rank=1)
     assert all(how.startswith("rank 1") and how != "rank 1, 100% of the change"
                for n, how in one.items() if n in matrices)
+
+
+@pytest.mark.parametrize("other", [dict(hidden_size=16, intermediate_size=24, num_attention_heads=1),  # width
+                                   dict(vocab_size=6)])  # the SAT row's id is past the end
+def test_a_delta_on_another_base_is_refused_and_writes_nothing(other, tmp_path):
+    base, tuned = tiny(), tiny()
+    with torch.no_grad():
+        tuned.embed_tokens.weight[7] += 0.5
+        tuned.layers[2].mlp.down_proj.weight.add_(0.01)
+    save_model(base, str(tmp_path / "base"))
+    save_model(tuned, str(tmp_path / "tuned"), dtype=torch.bfloat16)
+    sat_delta.make(str(tmp_path / "base"), str(tmp_path / "tuned"), str(tmp_path / "delta"))
+    torch.manual_seed(0)
+    wrong = Llama(ModelArgs(**{**dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2,
+                                      vocab_size=50, tie_word_embeddings=True), **other}))
+    init_weights(wrong)
+    save_model(wrong, str(tmp_path / "wrong"))
+    with pytest.raises(CheckpointError, match="does not fit .*another base model"):
+        sat_delta.apply(str(tmp_path / "wrong"), str(tmp_path / "delta"), str(tmp_path / "rebuilt"))
+    assert not os.path.exists(tmp_path / "rebuilt") and not os.path.exists(tmp_path / "rebuilt.building")
