@@ -608,10 +608,14 @@ def main():
                    help="a bench.json whose tokens per forward to project (--latency-only; "
                         "default: bench_results/bench.json beside bench.py)")
     a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
     if min(a.sizes) < 1 or a.reps < 1 or a.prefix < 1:
         raise SystemExit("error: --sizes, --reps and --prefix must be positive")
+    for flag, value in (("--n-prompts", a.n_prompts), ("--max-new-tokens", a.max_new_tokens),
+                        ("--prompt-tokens", a.prompt_tokens), ("--threads", a.threads)):
+        if value is not None and value < 1:
+            raise SystemExit(f"error: {flag} must be at least 1, got {value}")
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.latency_only:
         return latency_only(a, pick_device(a.device))
     n_prompts = a.n_prompts or (164 if a.full else 4)

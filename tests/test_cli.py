@@ -97,6 +97,9 @@ def long_position_model(tmp_path_factory):
     (["bench.py", "--latency-only", "--sizes", "0"], "error: --sizes, --reps and --prefix must be positive"),
     (["bench.py", "--fused-k", "1000"], "error: a forward of 1002001 tokens after a 192-token prompt"),
     (["bench.py", "--k", "0"], "error: --k and --fused-k must be at least 1"),
+    (["bench.py", "--n-prompts", "0"], "error: --n-prompts must be at least 1, got 0"),  # was: 0 meant the default
+    (["bench.py", "--max-new-tokens", "0"], "error: --max-new-tokens must be at least 1, got 0"),
+    (["bench.py", "--threads", "-1"], "error: --threads must be at least 1, got -1"),
     (["train_sat.py", "--data", "missing-dir", "--out", "run"], "error: missing-dir has no train.bin"),
     (["corpus.py", "--out", "data", "--root", "missing-dir"], "error: --root missing-dir does not exist"),
     (["random_checkpoint.py", "--config", "missing.json", "--out", "ckpt"], "error: cannot read missing.json"),
