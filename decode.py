@@ -779,7 +779,7 @@ def main():
                          f"{a.max_new_tokens} new tokens + {reach}), beyond the model's {positions} positions "
                          f"(max_position_embeddings): use {fix}")
     need = text + room
-    max_len = a.max_len or need
+    max_len = need if a.max_len is None else a.max_len
     if need > max_len:
         raise SystemExit(f"error: prompt of {len(prompt)} tokens + {a.max_new_tokens} new tokens"
                          f"{f' + {room} for drafts' if room else ''} exceeds --max-len {max_len}")

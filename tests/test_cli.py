@@ -91,6 +91,7 @@ def long_position_model(tmp_path_factory):
      "error: --method fused --k 1000 puts SATs up to position 2018"),
     (["decode.py", "--method", "sdsat", "--k", "600"], "error: --method sdsat --k 600 puts SATs up to position 739"),
     (["decode.py", "--method", "sdsat", "--tree", "--max-new-tokens", "497"], "error: --tree puts SATs up to"),
+    (["decode.py", "--max-len", "0"], "error: prompt of 11 tokens + 128 new tokens exceeds --max-len 0"),
     (["decode.py", "--model", "missing-dir"], "error: model directory missing-dir does not exist"),
     (["bench.py", "--model", "missing-dir"], "error: model directory missing-dir does not exist"),
     (["bench.py", "--sat-token-id", "99999"], "error: SAT id 99999 is outside the vocabulary"),
