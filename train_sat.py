@@ -184,6 +184,21 @@ HELP = {
     "ckpt_minutes": "minutes between checkpoints",
 }
 CHOICES = {"mode": ["sat", "sat-only", "pretrain"], "std_loss": ["ce", "kl"], "sat_labels": ["data", "self", "model"]}
+# The smallest value each number may take; 0 has a meaning where it is allowed (see HELP).
+MINIMUM = {"dim": 1, "n_layers": 1, "n_heads": 1, "ffn": 1, "k": 1, "anchors": 0, "std_weight": 0,
+           "train_layers": 0, "seq_len": 2, "batch_size": 1, "grad_accum": 1, "steps": 0, "lr": 0, "min_lr": 0,
+           "warmup": 0, "weight_decay": 0, "grad_clip": 0, "eval_every": 1, "eval_tokens": 1,
+           "final_eval_tokens": 0, "log_every": 1, "ckpt_minutes": 0}
+
+
+def check_config(cfg: "TrainConfig"):
+    """One line, before anything is loaded, for a number out of its range (rather than a
+    ZeroDivisionError or an empty batch many lines later)."""
+    for name, least in MINIMUM.items():
+        value = getattr(cfg, name)
+        if value < least or (name == "lr" and value == 0):
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be "
+                             f"{'above' if name == 'lr' else 'at least'} {least}, got {value}")
 
 
 # ----------------------------------------------------------------------------- data
@@ -468,6 +483,9 @@ def setup_sat(model: Llama, cfg: TrainConfig) -> int:
     elif not 0 <= sat_id < model.args.vocab_size:
         raise SystemExit(f"error: SAT id {sat_id} is outside the vocabulary (0..{model.args.vocab_size - 1})")
     model.args.sat_token_id, model.args.sat_k = sat_id, cfg.k
+    if cfg.train_layers > model.args.num_hidden_layers:
+        raise SystemExit(f"error: --train-layers {cfg.train_layers}, but the model has "
+                         f"{model.args.num_hidden_layers} blocks (0 = all of them)")
     first = model.args.num_hidden_layers - cfg.train_layers if cfg.train_layers else 0
     for name, p in model.named_parameters():
         block = name.startswith("layers.") and int(name.split(".")[1]) >= first
@@ -538,6 +556,7 @@ def distributed(name: str = "cpu") -> tuple[int, int, torch.device]:
 
 
 def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
+    check_config(cfg)
     if cfg.mode not in ("sat", "sat-only", "pretrain"):
         raise SystemExit(f"error: --mode {cfg.mode}: use sat, sat-only or pretrain")
     if cfg.std_loss not in ("ce", "kl") or cfg.sat_labels not in ("data", "self", "model"):
@@ -669,9 +688,12 @@ def main():
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default: %(default)s)")
     a = vars(p.parse_args())
     export_to, threads, device_name = a.pop("export"), a.pop("threads"), a.pop("device")
+    if threads is not None and threads < 1:
+        sys.exit(f"error: --threads must be at least 1, got {threads}")
     if threads:
         torch.set_num_threads(threads)
     cfg = TrainConfig(**a)
+    check_config(cfg)
     if cfg.mode != "pretrain" and not cfg.init:
         cfg.init = BASE_MODEL
         print(f"fine-tuning the demo base model {BASE_MODEL} (--init to choose another)")
