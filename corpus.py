@@ -70,9 +70,12 @@ def documents(root: str | None, jsonl: str | None, text_field: str, with_tests: 
         with open(jsonl, encoding="utf-8") as f:
             for i, line in enumerate(f):
                 if line.strip():
-                    row = json.loads(line)
-                    if text_field not in row:
-                        raise SystemExit(f"error: {jsonl} line {i + 1} has no field {text_field!r}")
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise SystemExit(f"error: {jsonl} line {i + 1}: not JSON ({e.msg})")
+                    if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+                        raise SystemExit(f"error: {jsonl} line {i + 1}: expected an object with a string field {text_field!r}")
                     docs[f"line {i + 1}"] = row[text_field]
         return docs
     return {rel: read_text(os.path.join(root, rel)) for rel in list_files(root, with_tests, exts)}

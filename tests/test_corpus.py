@@ -6,6 +6,7 @@ import shutil
 import sysconfig
 
 import numpy as np
+import pytest
 
 import corpus
 from tokenizer import Tokenizer
@@ -53,3 +54,16 @@ def test_jsonl_with_an_existing_tokenizer(tmp_path):
     assert sorted(names, key=lambda s: int(s.split()[1])) == [f"line {i + 1}" for i in range(len(docs))]
     total = first["splits"]["train"]["tokens"] + first["splits"]["val"]["tokens"]
     assert report["splits"]["train"]["tokens"] + report["splits"]["val"]["tokens"] == total
+
+
+@pytest.mark.parametrize("second_line, message", [
+    ("not json", "line 2: not JSON"),
+    ("[1, 2]", "line 2: expected an object with a string field 'text'"),
+    ('{"text": 5}', "line 2: expected an object with a string field 'text'"),
+    ('{"body": "x = 1"}', "line 2: expected an object with a string field 'text'"),
+])
+def test_a_bad_jsonl_line_is_named(second_line, message, tmp_path):
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text('{"text": "import os"}\n' + second_line + "\n")
+    with pytest.raises(SystemExit, match=message):
+        corpus.documents(None, str(jsonl), "text", False, (".py",))
