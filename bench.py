@@ -390,15 +390,22 @@ def bench_dtype(model: Llama, prompts: dict, methods: list[Method], max_new: int
     for set_name, encoded in prompts.items():
         runs = {m.name: [] for m in methods}
         for m in methods:  # warm-up: every code path once, not counted
+            progress(f"{set_name} warm-up: {m.name}")
             run_once(model, encoded[0], m, min(16, max_new), sat_id, stop_ids, seed, tree, hf, static)
         for i, prompt in enumerate(encoded):
             order = methods[i % len(methods):] + methods[:i % len(methods)]
             for m in order:
+                progress(f"{set_name} prompt {i + 1}/{len(encoded)}: {m.name}")
                 runs[m.name].append(run_once(model, prompt, m, max_new, sat_id, stop_ids, seed + i, tree, hf,
                                              static))
-            print(f"  {set_name} prompt {i + 1}/{len(encoded)}", end="\r", file=sys.stderr, flush=True)
+        progress("")
         results[set_name] = summarise(methods, runs)
     return results
+
+
+def progress(text: str):
+    """One status line on stderr, rewritten in place (a slow model takes minutes a prompt)."""
+    print(f"\r  {text:<60}", end="" if text else "\r", file=sys.stderr, flush=True)
 
 
 def compile_methods(model: Llama, static: StaticModel, prompt: list[int], methods: list[Method], sat_id,
