@@ -44,7 +44,8 @@ from corpus import read_text, stdlib_root
 from decode import (TREE_DEPTH5, Stats, build_tree, generate_ar, generate_fused, generate_hybrid, generate_lookup,
                     generate_sdsat, generate_sdsat_tree, load_or_exit, load_tokenizer_or_exit, prefill,
                     read_config_or_exit, resolve_sat_id)
-from model import DEFAULT_MODEL, DTYPES, KVCache, Llama, StaticModel, pick_device, write_json, write_text
+from model import (DEFAULT_MODEL, DTYPES, KVCache, Llama, StaticModel, cpu_info, pick_device, slow_bf16_warning,
+                   write_json, write_text)
 from sampling import Warper
 from tokenizer import Tokenizer
 
@@ -298,6 +299,8 @@ def latency_only(a, device: torch.device):
     record = {"environment": environment(device), "model": os.path.abspath(a.model), "prefix": a.prefix, "results": {}}
     if reference:
         record["projected_from"] = {"path": os.path.abspath(a.project_from), "model": reference["model"]}
+    if "bfloat16" in a.dtype and slow_bf16_warning(device):
+        print(slow_bf16_warning(device), file=sys.stderr)
     for dtype in a.dtype:
         t0 = time.perf_counter()
         model = load_or_exit(a.model, device, DTYPES[dtype])
@@ -527,24 +530,12 @@ def plot(results: dict, path: str):
 
 
 def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """The CPU's model name and whether it has bf16 matrix instructions (Linux's
-    /proc/cpuinfo). Without them PyTorch's bf16 matmuls take a slow path: the same model and
-    code timed a 6-token bf16 forward at 0.91x a 1-token one on the machine of this
-    project's first sessions and at 2.86x on a later one without them (DEMO_MODEL.md), so
-    a CPU's bf16 numbers mean little without this line."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    name = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        return name
-    bf16 = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    """The CPU's model name and its bf16 instructions (model.cpu_info): a CPU's bf16
+    numbers mean little without them."""
+    info = cpu_info(cpuinfo)
+    if info is None:
+        return platform.processor() or platform.machine()
+    name, bf16 = info
     return f"{name}; bf16 instructions: {', '.join(bf16) if bf16 else 'none'}"
 
 
@@ -671,6 +662,8 @@ def main():
         write_json(os.path.join(a.out, "quality.json"), q)
         return
     results = {}
+    if "bfloat16" in a.dtype and slow_bf16_warning(device):
+        print(slow_bf16_warning(device), file=sys.stderr)
     for dtype in a.dtype:
         t0 = time.perf_counter()
         model = load_or_exit(a.model, device, DTYPES[dtype])

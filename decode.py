@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from model import (DEFAULT_MODEL, DTYPES, CheckpointError, KVCache, Llama, ModelArgs, StaticModel, load_model, pick_device,
-                   read_config)
+                   read_config, slow_bf16_warning)
 from sampling import Warper, accept_drafts, sample
 from sat import sat_layout
 
@@ -789,6 +789,8 @@ def main():
                          f"tokens, a forward pass of {max(room, 1):,}), more than the {there_is / 2**30:,.0f} GiB "
                          f"{'of this GPU' if device.type == 'cuda' else 'of memory this machine has'}: use {fix}")
 
+    if a.dtype == "bfloat16" and slow_bf16_warning(device):
+        print(slow_bf16_warning(device), file=sys.stderr)
     model = load_or_exit(a.model, device, DTYPES[a.dtype])
     gen = torch.Generator(device=device).manual_seed(a.seed)
     static = StaticModel(model, max_len) if a.compile else None

@@ -523,6 +523,37 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_info(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, list[str]] | None:
+    """(the CPU's model name, its bf16 instructions) from Linux's /proc/cpuinfo, or None
+    where it cannot be read. The instructions are x86's avx512_bf16 and amx_bf16, or Arm's
+    bf16. Without them PyTorch's bf16 matmuls take a slow path: on this project's machine
+    of later sessions (none of them) a 6-token bf16 forward of the demo model costs 2.9x a
+    1-token one, against 0.9x on its first machine, and bf16 runs slower than float32."""
+    name, flags = "", set()
+    try:
+        with open(cpuinfo) as f:
+            for line in f:  # the first processor's block: up to the first blank line
+                key, _, value = line.partition(":")
+                if not line.strip() and (name or flags):
+                    break
+                if key.strip() in ("model name", "CPU part") and not name:
+                    name = value.strip()
+                elif key.strip() in ("flags", "Features"):
+                    flags = set(value.split())
+    except OSError:
+        return None
+    return name or "unknown CPU", sorted(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def slow_bf16_warning(device: torch.device, cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """A warning for bf16 on a CPU that reports no bf16 instructions, else None."""
+    info = cpu_info(cpuinfo) if device.type == "cpu" else None
+    if info is None or info[1]:
+        return None
+    return (f"warning: this CPU ({info[0]}) reports no bf16 instructions (avx512_bf16, amx_bf16, bf16): "
+            "PyTorch's bfloat16 matmuls take a slow path on it, usually slower than --dtype float32")
+
+
 def load_model(path: str, device="cpu", dtype: torch.dtype = torch.float32) -> Llama:
     """Load a Hugging Face layout checkpoint, strictly, without pickle.
 

@@ -100,9 +100,20 @@ def test_prompts_file_malformed_line_is_named(lines, message, tmp_path):
     assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("flags, says", [("fpu sse2 avx2 fma", "none"),
-                                         ("fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile", "amx_bf16, avx512_bf16")])
-def test_cpu_description_names_the_bf16_instructions(flags, says, tmp_path):
+CPUINFO = "processor\t: 0\nmodel name\t: Some CPU 9000\nflags\t\t: {flags}\n\nprocessor\t: 1\n"
+ARM_CPUINFO = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: {flags}\nCPU part\t: 0xd4f\n"
+
+
+@pytest.mark.parametrize("text, flags, says", [
+    (CPUINFO, "fpu sse2 avx2 fma", "Some CPU 9000; bf16 instructions: none"),
+    (CPUINFO, "fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile", "Some CPU 9000; bf16 instructions: amx_bf16, avx512_bf16"),
+    (ARM_CPUINFO, "fp asimd sve bf16 i8mm", "0xd4f; bf16 instructions: bf16"),
+])
+def test_cpu_description_names_the_bf16_instructions(text, flags, says, tmp_path):
     info = tmp_path / "cpuinfo"
-    info.write_text(f"processor\t: 0\nmodel name\t: Some CPU 9000\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
-    assert bench.cpu_description(str(info)) == f"Some CPU 9000; bf16 instructions: {says}"
+    info.write_text(text.format(flags=flags))
+    assert bench.cpu_description(str(info)) == says
+    warning = bench.slow_bf16_warning(torch.device("cpu"), str(info))
+    assert (warning is not None) == says.endswith("none")
+    assert bench.slow_bf16_warning(torch.device("cuda"), str(info)) is None  # a GPU: not about the CPU
+    assert bench.slow_bf16_warning(torch.device("cpu"), str(tmp_path / "missing")) is None  # not Linux: say nothing
