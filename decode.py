@@ -572,22 +572,23 @@ def resolve_sat_id(args: ModelArgs, sat_id: int | None) -> int:
 # What each --method reads besides the prompt and the sampling settings. An option given to
 # a method that ignores it is refused: a flag silently ignored looks like a result.
 METHOD_OPTIONS = {"ar": set(), "sdsat": {"k", "tree", "sat_token_id", "trace"},
-                  "fused": {"k", "sat_token_id", "trace"}, "lookup": {"trace"},
-                  "hybrid": {"k", "sat_token_id", "trace"}}
+                  "fused": {"k", "sat_token_id", "trace"}, "lookup": {"copies", "trace"},
+                  "hybrid": {"k", "copies", "sat_token_id", "trace"}}
+COPIES = {"lookup": 10, "hybrid": 5}  # default --copies: transformers' 10; the hybrid's, SDSAT.md section 10
 
 
-def block_sizes(method: str, k: int, tree: bool) -> tuple[int, int]:
+def block_sizes(method: str, k: int, tree: bool, copies: int = 0) -> tuple[int, int]:
     """(cache room for the widest forward pass, positions its SATs reach past the text).
 
     Two-step feeds 1 + k tokens, its last SAT k positions past the newest token; the tree
     feeds 29 tokens, 5 deep; fused feeds 1 + k + (k + 1) k tokens and its last group's
     last SAT sits k positions past d_k, which is k - 1 past the newest cached token. Lookup
-    feeds at most 1 + 10 copies (real tokens, no SATs); the hybrid 1 + 5 copies or 1 + k
-    guesses + k SATs, the last SAT 2k positions past cur."""
+    feeds at most 1 + `copies` copies (real tokens, no SATs); the hybrid 1 + `copies` or
+    1 + k guesses + k SATs, the last SAT 2k positions past cur."""
     if tree:
         return len(TREE_DEPTH5) + 1, max(len(p) for p in TREE_DEPTH5)
-    return {"ar": (0, 0), "sdsat": (k + 1, k), "fused": (1 + k + (k + 1) * k, 2 * k - 1), "lookup": (11, 0),
-            "hybrid": (1 + max(5, 2 * k), 2 * k)}[method]
+    return {"ar": (0, 0), "sdsat": (k + 1, k), "fused": (1 + k + (k + 1) * k, 2 * k - 1), "lookup": (1 + copies, 0),
+            "hybrid": (1 + max(copies, 2 * k), 2 * k)}[method]
 
 
 def memory_needed(args: ModelArgs, max_len: int, fed: int, dtype: torch.dtype) -> int:
@@ -690,9 +691,12 @@ def trace_printer(tok, colour: bool):
                   + cache(ev["cache_before"], ev["cache_after"],
                           f"{unaccepted} unaccepted guesses and all {ev['sats']} SATs dropped"))
         elif step == "hybrid":
-            print(f"hybrid  {cur} + {len(ev['drafts'])} {ev['drafts_from']} guesses + {ev['sats']} SATs: {checked(ev)} "
-                  f"{emitted(ev)} " + cache(ev["cache_before"], ev["cache_after"],
-                                           f"{unaccepted} unaccepted guesses and {ev['sats']} SATs dropped"))
+            fed = [f"{len(ev['drafts'])} {ev['drafts_from']} guesses"] if ev["drafts"] else []
+            fed += [f"{ev['sats']} SATs"] if ev["sats"] else []
+            dropped = [f"{unaccepted} unaccepted guesses"] if ev["drafts"] else []
+            dropped += [f"{ev['sats']} SATs"] if ev["sats"] else []
+            print(f"hybrid  {cur} + {' + '.join(fed)}: {checked(ev)} {emitted(ev)} "
+                  + cache(ev["cache_before"], ev["cache_after"], f"{' and '.join(dropped) or 'nothing'} dropped"))
         else:  # lookup
             print(f"lookup  {cur} + {len(ev['drafts'])} copied guesses: {checked(ev)} {emitted(ev)} "
                   + cache(ev["cache_before"], ev["cache_after"], f"{unaccepted} unaccepted guesses dropped"))
@@ -714,6 +718,10 @@ def main():
                         "elsewhere (default: %(default)s)")
     p.add_argument("--k", type=int, default=None,
                    help="SATs, so drafts, per step; sdsat, fused and hybrid only (default: 5)")
+    p.add_argument("--copies", type=int, default=None,
+                   help="most drafts copied per pass; lookup and hybrid only (default: 10 for lookup, as "
+                        "transformers' prompt lookup; 5 for hybrid). Fewer pay where a forward's cost grows "
+                        "fast with the tokens fed: bench_results/peers/copies.md")
     p.add_argument("--tree", action="store_true",
                    help="with --method sdsat: verify a depth-5 token tree instead of a chain of --k drafts")
     p.add_argument("--sat-token-id", type=int, default=None,
@@ -737,7 +745,8 @@ def main():
         warper = Warper(a.temperature, a.top_k, a.top_p)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
-    given = {"k": a.k is not None, "tree": a.tree, "sat_token_id": a.sat_token_id is not None, "trace": a.trace}
+    given = {"k": a.k is not None, "tree": a.tree, "sat_token_id": a.sat_token_id is not None, "trace": a.trace,
+             "copies": a.copies is not None}
     for name in (n for n, g in given.items() if g and n not in METHOD_OPTIONS[a.method]):
         users = " or ".join(m for m, options in METHOD_OPTIONS.items() if name in options)
         raise SystemExit(f"error: --{name.replace('_', '-')} does nothing with --method {a.method} "
@@ -750,8 +759,11 @@ def main():
     if warper.greedy and unused:
         print(f"warning: greedy decoding (--temperature 0) ignores {', '.join(unused)}", file=sys.stderr)
     k = 5 if a.k is None else a.k
+    copies = COPIES.get(a.method, 0) if a.copies is None else a.copies
     if a.max_new_tokens < 1 or k < 1:
         raise SystemExit("error: --max-new-tokens and --k must be at least 1")
+    if a.copies is not None and a.copies < 1:
+        raise SystemExit(f"error: --copies must be at least 1, got {a.copies}")
 
     # Every check runs on the config and the prompt, before the weights load or a line is printed.
     device = pick_device(a.device)
@@ -767,7 +779,7 @@ def main():
         stop.append(tok.eot_id)  # the middle ends with ▁<EOT>
     else:
         prompt = tok.encode(a.prompt)
-    room, reach = block_sizes(a.method, k, a.tree)  # the widest block fed; how far past the text its SATs sit
+    room, reach = block_sizes(a.method, k, a.tree, copies)  # the widest block fed; how far past the text its SATs sit
     drafts = "--tree" if a.tree else f"--method {a.method}" + (f" --k {k}" if "k" in METHOD_OPTIONS[a.method] else "")
     fix = "fewer --max-new-tokens" + (" or a smaller --k" if "k" in METHOD_OPTIONS[a.method] and not a.tree else "")
     text, positions = len(prompt) + a.max_new_tokens, args.max_position_embeddings
@@ -812,10 +824,11 @@ def main():
         if a.method == "fused":
             tokens, stats = generate_fused(model, cache, logits, max_new, warper, k, sat, trace=trace, **common)
         elif a.method == "lookup":
-            tokens, stats = generate_lookup(model, cache, logits, max_new, warper, prompt, trace=trace, **common)
-        elif a.method == "hybrid":
-            tokens, stats = generate_hybrid(model, cache, logits, max_new, warper, prompt, k, sat, trace=trace,
+            tokens, stats = generate_lookup(model, cache, logits, max_new, warper, prompt, copies, trace=trace,
                                             **common)
+        elif a.method == "hybrid":
+            tokens, stats = generate_hybrid(model, cache, logits, max_new, warper, prompt, k, sat, copies,
+                                            trace=trace, **common)
         elif a.tree:
             tokens, stats = generate_sdsat_tree(model, cache, logits, max_new, warper, sat,
                                                 build_tree(TREE_DEPTH5, device), trace=trace, **common)
