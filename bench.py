@@ -299,8 +299,8 @@ def latency_only(a, device: torch.device):
     record = {"environment": environment(device), "model": os.path.abspath(a.model), "prefix": a.prefix, "results": {}}
     if reference:
         record["projected_from"] = {"path": os.path.abspath(a.project_from), "model": reference["model"]}
-    if "bfloat16" in a.dtype and slow_bf16_warning(device):
-        print(slow_bf16_warning(device), file=sys.stderr)
+    if "bfloat16" in a.dtype and (warning := slow_bf16_warning(device)):
+        print(warning, file=sys.stderr)
     for dtype in a.dtype:
         t0 = time.perf_counter()
         model = load_or_exit(a.model, device, DTYPES[dtype])
@@ -614,13 +614,13 @@ def main():
             raise SystemExit(f"error: {flag} must be at least 1, got {value}")
     if a.threads:
         torch.set_num_threads(a.threads)
+    device = pick_device(a.device)
     if a.latency_only:
-        return latency_only(a, pick_device(a.device))
+        return latency_only(a, device)
     n_prompts = a.n_prompts or (164 if a.full else 4)
     max_new = a.max_new_tokens or (256 if a.full else 96)
     ks = a.k or (list(range(1, 9)) if a.full else [1, 3, 5])
     fused_ks = a.fused_k or (list(range(1, 7)) if a.full else [3])
-    device = pick_device(a.device)
     # The same checks, in the same words, as decode.py, before anything is loaded or printed.
     args = read_config_or_exit(a.model)
     tok = load_tokenizer_or_exit(a.model)
@@ -662,8 +662,8 @@ def main():
         write_json(os.path.join(a.out, "quality.json"), q)
         return
     results = {}
-    if "bfloat16" in a.dtype and slow_bf16_warning(device):
-        print(slow_bf16_warning(device), file=sys.stderr)
+    if "bfloat16" in a.dtype and (warning := slow_bf16_warning(device)):
+        print(warning, file=sys.stderr)
     for dtype in a.dtype:
         t0 = time.perf_counter()
         model = load_or_exit(a.model, device, DTYPES[dtype])

@@ -801,8 +801,8 @@ def main():
                          f"tokens, a forward pass of {max(room, 1):,}), more than the {there_is / 2**30:,.0f} GiB "
                          f"{'of this GPU' if device.type == 'cuda' else 'of memory this machine has'}: use {fix}")
 
-    if a.dtype == "bfloat16" and slow_bf16_warning(device):
-        print(slow_bf16_warning(device), file=sys.stderr)
+    if a.dtype == "bfloat16" and (warning := slow_bf16_warning(device)):
+        print(warning, file=sys.stderr)
     model = load_or_exit(a.model, device, DTYPES[a.dtype])
     gen = torch.Generator(device=device).manual_seed(a.seed)
     static = StaticModel(model, max_len) if a.compile else None

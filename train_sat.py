@@ -186,7 +186,7 @@ HELP = {
 CHOICES = {"mode": ["sat", "sat-only", "pretrain"], "std_loss": ["ce", "kl"], "sat_labels": ["data", "self", "model"]}
 # The smallest value each number may take; 0 has a meaning where it is allowed (see HELP).
 MINIMUM = {"dim": 1, "n_layers": 1, "n_heads": 1, "ffn": 1, "k": 1, "anchors": 0, "std_weight": 0,
-           "train_layers": 0, "seq_len": 2, "batch_size": 1, "grad_accum": 1, "steps": 0, "lr": 0, "min_lr": 0,
+           "train_layers": 0, "seq_len": 2, "batch_size": 1, "grad_accum": 1, "steps": 0, "min_lr": 0,
            "warmup": 0, "weight_decay": 0, "grad_clip": 0, "eval_every": 1, "eval_tokens": 1,
            "final_eval_tokens": 0, "log_every": 1, "ckpt_minutes": 0}
 
@@ -196,9 +196,10 @@ def check_config(cfg: "TrainConfig"):
     ZeroDivisionError or an empty batch many lines later)."""
     for name, least in MINIMUM.items():
         value = getattr(cfg, name)
-        if value < least or (name == "lr" and value == 0):
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be "
-                             f"{'above' if name == 'lr' else 'at least'} {least}, got {value}")
+        if value < least:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least {least}, got {value}")
+    if cfg.lr <= 0:
+        raise SystemExit(f"error: --lr must be above 0, got {cfg.lr}")
 
 
 # ----------------------------------------------------------------------------- data
@@ -693,7 +694,6 @@ def main():
     if threads:
         torch.set_num_threads(threads)
     cfg = TrainConfig(**a)
-    check_config(cfg)
     if cfg.mode != "pretrain" and not cfg.init:
         cfg.init = BASE_MODEL
         print(f"fine-tuning the demo base model {BASE_MODEL} (--init to choose another)")
