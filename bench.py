@@ -7,6 +7,8 @@
     python bench.py --peers                      # also transformers' generate: greedy and prompt lookup
     python bench.py --prompts-file my.jsonl      # your prompts: {"prompt": "...", "id": "..."} per line
     python bench.py --compile                    # also "... (compiled)" rows: torch.compile, fixed shapes
+    python bench.py --model DIR --acceptance     # accepted drafts per iteration only (no timing)
+    python bench.py --out bench_results/NAME     # results go to runs/bench unless you say where
 
 For every prompt, every method runs once, in rotating order after a warm-up, so a noisy
 machine slows all methods alike. Reported per method:
@@ -18,19 +20,19 @@ machine slows all methods alike. Reported per method:
   exact       greedy outputs identical to autoregressive ones (float32 makes this exact)
 
 plus acceptance by SAT position, the forward latency against the number of tokens fed
-(why a 1 + k token forward is not free on a CPU), and the fraction of repeated 4-grams in
-the autoregressive outputs (small models loop, and loops inflate acceptance).
+beside the machine's floor for it (bench_latency.py: why a 1 + k token forward is not free
+on a CPU), and the fraction of repeated 4-grams in the autoregressive outputs (small models
+loop, and loops inflate acceptance). Tables and plots: bench_report.py; transformers'
+generate as a peer: bench_peers.py.
 """
 
 import argparse
 import gzip
 import json
 import os
-import platform
 import resource
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -40,14 +42,24 @@ if __name__ == "__main__":  # Ctrl-C while torch is still loading: exit quietly,
 
 import torch
 
+from bench_latency import ar_loop_overhead, floors, forward_latency, latency_only, profile_sampling
+from bench_peers import load_peer, run_hf
+from bench_report import environment, environment_line, markdown, plot, plot_learning_curve
+from checkpoint import write_json, write_text
+from compiled import StaticModel
 from corpus import read_text, stdlib_root
-from decode import (TREE_DEPTH5, Stats, build_tree, generate_ar, generate_fused, generate_hybrid, generate_lookup,
-                    generate_sdsat, generate_sdsat_tree, load_or_exit, load_tokenizer_or_exit, prefill,
-                    read_config_or_exit, resolve_sat_id)
-from model import (DEFAULT_MODEL, DTYPES, KVCache, Llama, StaticModel, cpu_info, pick_device, slow_bf16_warning,
-                   write_json, write_text)
+from decode import (generate_ar, generate_sdsat, load_or_exit, load_tokenizer_or_exit, read_config_or_exit,
+                    resolve_sat_id)
+from decode_common import Stats, prefill
+from decode_fused import generate_fused
+from decode_lookup import generate_hybrid, generate_lookup
+from decode_tree import TREE_DEPTH5, build_tree, generate_sdsat_tree
+from machine import now, pick_device, slow_bf16_warning
+from model import DEFAULT_MODEL, DTYPES, Llama
 from sampling import Warper
 from tokenizer import Tokenizer
+
+OUT = "runs/bench"  # git-ignored: committed results change only with an explicit --out
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,7 @@ class Method:
     k: int = 0  # SATs
     warper: Warper = Warper()
     drafts: int = 0  # most drafts copied by prompt lookup per pass
-    compiled: bool = False  # decode through model.StaticModel (torch.compile, fixed shapes)
+    compiled: bool = False  # decode through compiled.StaticModel (torch.compile, fixed shapes)
 
 
 def tokens_fed(m: Method) -> int | None:
@@ -69,16 +81,19 @@ def tokens_fed(m: Method) -> int | None:
 
 
 def methods_for(ks: list[int], fused_ks: list[int], sampling: bool, peers: bool = False,
-                compiled: bool = False, full: bool = False) -> list[Method]:
+                compiled: bool = False, full: bool = False, copies: list[int] = (10,)) -> list[Method]:
     """The methods of a run, in order. Sampling rows: AR and SDSAT k = 5 at T = 0.2 and 1.0,
-    and with `full` the tree too (its rows alone took a fifth of the quick run)."""
+    and with `full` the tree too (its rows alone took a fifth of the quick run). Lookup
+    with each number of `copies` (the first is the plain "lookup" row)."""
     out = [Method("ar", "ar")] + [Method(f"sdsat k={k}", "chain", k) for k in ks]
     out += [Method("sdsat tree", "tree", 5)] + [Method(f"fused k={k}", "fused", k) for k in fused_ks]
     if compiled:  # the same methods again, compiled: compiled SDSAT against compiled AR
         out += [replace(m, name=f"{m.name} (compiled)", compiled=True) for m in out]
-    out += [Method("lookup", "lookup", drafts=10), Method("hybrid k=2", "hybrid", 2, drafts=5)]
+    out += [Method("lookup" if i == 0 else f"lookup, {c} copies", "lookup", drafts=c) for i, c in enumerate(copies)]
+    out += [Method("hybrid k=2", "hybrid", 2, drafts=5)]
     if peers:
         out += [Method("hf generate", "hf"), Method("hf prompt lookup", "hf", drafts=10)]
+        out += [Method("hf generate (compiled)", "hf", compiled=True)] if compiled else []
     if sampling:
         for t in (0.2, 1.0):
             w = Warper(temperature=t, top_p=0.95)
@@ -154,13 +169,6 @@ def file_prompts(path: str) -> list[dict]:
 # ----------------------------------------------------------------------------- timing
 
 
-def now(device: torch.device) -> float:
-    """Wall clock after all queued GPU work is done (CUDA kernels run asynchronously)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 def run_once(model: Llama, prompt: list[int], m: Method, max_new: int, sat_id: int | None,
              stop_ids, seed: int, tree, hf=None, static: StaticModel | None = None) -> dict:
     if m.kind == "hf":
@@ -192,165 +200,6 @@ def run_once(model: Llama, prompt: list[int], m: Method, max_new: int, sat_id: i
         tokens, stats = generate_sdsat_tree(model, cache, logits, max_new, m.warper, sat_id, tree, stop_ids, gen)
     t2 = now(dev)
     return {"tokens": tokens, "stats": stats, "prefill_s": t1 - t0, "decode_s": t2 - t1}
-
-
-# ----------------------------------------------------------------------------- peers
-
-
-def load_peer(model_dir: str, device: torch.device, dtype: torch.dtype):
-    """The same checkpoint as transformers' LlamaForCausalLM (main checked that it is installed)."""
-    import transformers
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    return transformers.LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-
-
-class FirstTokenClock:
-    """A transformers streamer that only reads the clock: generate() hands it the prompt,
-    then the new tokens, so the second call marks the end of the prefill."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.calls, self.first_token = device, 0, None
-
-    def put(self, ids):
-        self.calls += 1
-        if self.calls == 2:
-            self.first_token = now(self.device)
-
-    def end(self):
-        pass
-
-
-@torch.inference_mode()
-def run_hf(hf, prompt: list[int], m: Method, max_new: int, stop_ids) -> dict:
-    """transformers' greedy generate (with prompt lookup when m.drafts), timed as run_once
-    times ours: decode time from the first new token to the last."""
-    dev = hf.device
-    ids = torch.tensor([prompt], device=dev)
-    clock = FirstTokenClock(dev)
-    lookup = {"prompt_lookup_num_tokens": m.drafts} if m.drafts else {}
-    t0 = now(dev)
-    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
-                      eos_token_id=list(stop_ids), pad_token_id=0, streamer=clock, **lookup)
-    t2 = now(dev)
-    t1 = clock.first_token or t2
-    tokens = out[0, len(prompt):].tolist()
-    return {"tokens": tokens, "stats": Stats(new_tokens=len(tokens)), "prefill_s": t1 - t0, "decode_s": t2 - t1}
-
-
-@torch.inference_mode()
-def forward_latency(model: Llama, sizes: list[int], prefix: int = 128, reps: int = 15) -> dict:
-    """Median time of one forward of T new tokens after a `prefix`-token cache."""
-    dev = model.device
-    cache = model.new_cache(prefix + max(sizes))
-    model(torch.ones(1, prefix, dtype=torch.long, device=dev), cache=cache)
-    out = {}
-    for T in sizes:
-        x = torch.ones(1, T, dtype=torch.long, device=dev)
-        times = []
-        for _ in range(reps + 2):
-            cache.truncate(prefix)
-            t0 = now(dev)
-            model(x, cache=cache)
-            times.append(now(dev) - t0)
-        out[T] = statistics.median(times[2:])
-    return out
-
-
-class ConstantModel:
-    """Stands in for the model in generate_ar: answers every forward with the same logits
-    at no cost, so timing the loop with it measures the Python loop alone."""
-
-    def __init__(self, logits: torch.Tensor):
-        self.logits = logits
-
-    def __call__(self, tokens, cache=None, **_):
-        cache.length += tokens.shape[1]
-        return self.logits.expand(1, tokens.shape[1], -1)
-
-
-def projected_speedups(lat: dict, reference: dict) -> list[dict]:
-    """What the tokens per forward measured in a reference run would give with this
-    model's forward costs: speedup = tokens per forward x T(1) / T(tokens fed per forward).
-    Two-step feeds 1 + k tokens in both of its forwards; fused feeds 1 + k + (k + 1) k."""
-    out = []
-    for dtype, res in reference["results"].items():
-        for set_name, rows in res["sets"].items():
-            for name, r in rows.items():
-                if (name.startswith("_") or r["kind"] not in ("chain", "fused") or r["temperature"] != 0
-                        or r.get("compiled")):  # a compiled row's tokens per forward are the eager row's
-                    continue
-                fed = r["tokens_fed_per_forward"]
-                out.append({"set": set_name, "dtype": dtype, "method": name, "tokens_per_forward": r["tokens_per_forward"],
-                            "tokens_fed": fed, "cost_ratio": lat[fed] / lat[1],
-                            "projected_speedup": r["tokens_per_forward"] * lat[1] / lat[fed]})
-    return out
-
-
-def latency_only(a, device: torch.device):
-    """--latency-only: time forwards of a few sizes on any checkpoint (no tokenizer needed)."""
-    reference, fed = None, set()
-    if a.project_from and os.path.isfile(a.project_from):
-        with open(a.project_from) as f:
-            reference = json.load(f)
-        fed = {r["tokens_fed_per_forward"] for res in reference["results"].values()
-               for rows in res["sets"].values() for n, r in rows.items() if not n.startswith("_")}
-    sizes = sorted(set(a.sizes) | {1} | fed)
-    record = {"environment": environment(device), "model": os.path.abspath(a.model), "prefix": a.prefix, "results": {}}
-    if reference:
-        record["projected_from"] = {"path": os.path.abspath(a.project_from), "model": reference["model"]}
-    if "bfloat16" in a.dtype and (warning := slow_bf16_warning(device)):
-        print(warning, file=sys.stderr)
-    for dtype in a.dtype:
-        t0 = time.perf_counter()
-        model = load_or_exit(a.model, device, DTYPES[dtype])
-        params = sum(p.numel() for p in model.parameters())
-        print(f"{dtype}: {params / 1e6:.0f}M parameters loaded in {time.perf_counter() - t0:.1f}s "
-              f"(peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB); "
-              f"timing {len(sizes)} sizes x {a.reps} forwards", file=sys.stderr)
-        lat = forward_latency(model, sizes, prefix=a.prefix, reps=a.reps)
-        del model
-        record["results"][dtype] = {"parameters": params, "forward_latency_s": lat}
-        if reference:
-            record["results"][dtype]["projection"] = projected_speedups(lat, reference)
-    table = latency_markdown(record)
-    print(table)
-    os.makedirs(a.out, exist_ok=True)
-    write_json(os.path.join(a.out, "latency.json"), record)
-    write_text(os.path.join(a.out, "latency.md"), environment_line(record["environment"]) + table + "\n")
-    print(f"\nwrote {a.out}/latency.json and latency.md", file=sys.stderr)
-
-
-def latency_markdown(record: dict) -> str:
-    """The tables of a --latency-only record: every size timed, then the projection."""
-    lines = []
-    for dtype, res in record["results"].items():
-        lat = {int(T): t for T, t in res["forward_latency_s"].items()}  # JSON keys are strings
-        lines += [f"\n**forward latency, {dtype}, {res['parameters'] / 1e6:.0f}M parameters** "
-                  f"(cache of {record['prefix']} tokens)\n", "| tokens fed | ms | x T(1) |", "|---|---|---|"]
-        lines += [f"| {T} | {1000 * t:.1f} | {t / lat[1]:.2f} |" for T, t in sorted(lat.items())]
-        if "projection" in res:
-            source = record["projected_from"]
-            lines += [f"\n**projection, {dtype}**: tokens per forward from {source['path']} "
-                      f"(model {source['model']}) x T(1) / T(tokens fed)\n",
-                      "| prompts | measured with | method | tok/fwd | tokens fed | T(fed)/T(1) | projected speedup |",
-                      "|---|---|---|---|---|---|---|"]
-            lines += [f"| {p['set']} | {p['dtype']} | {p['method']} | {p['tokens_per_forward']:.2f} | {p['tokens_fed']} | "
-                      f"{p['cost_ratio']:.2f} | {p['projected_speedup']:.2f}x |" for p in res["projection"]]
-    return "\n".join(lines)
-
-
-def ar_loop_overhead(model: Llama, n: int = 256) -> float:
-    """Seconds per token that the autoregressive loop spends outside the forward pass."""
-    stub = ConstantModel(torch.zeros(1, 1, model.args.vocab_size, device=model.device, dtype=model.dtype))
-    best = float("inf")
-    for _ in range(5):
-        cache = KVCache(model.args, 1, device=model.device, dtype=model.dtype)
-        cache.max_len = n + 1  # the stub writes nothing, so no memory is needed
-        t0 = now(model.device)
-        tokens, stats = generate_ar(stub, cache, stub.logits[0, 0], n, Warper())
-        best = min(best, (now(model.device) - t0) / stats.forwards)
-    return best
 
 
 def repeated_ngram_fraction(tokens: list[int], n: int = 4) -> float:
@@ -388,7 +237,7 @@ def quality(model: Llama, tok: Tokenizer, heldout: list[list[int]], new_tokens: 
 def bench_dtype(model: Llama, prompts: dict, methods: list[Method], max_new: int, sat_id, stop_ids,
                 tree, seed: int, hf=None, static=None) -> dict:
     """hf: transformers' model on the same weights, for the methods of kind "hf";
-    static: the compiled path (model.StaticModel), for the compiled methods."""
+    static: the compiled path (compiled.StaticModel), for the compiled methods."""
     results = {}
     for set_name, encoded in prompts.items():
         runs = {m.name: [] for m in methods}
@@ -412,7 +261,7 @@ def progress(text: str):
 
 
 def compile_methods(model: Llama, static: StaticModel, prompt: list[int], methods: list[Method], sat_id,
-                    stop_ids, tree) -> dict:
+                    stop_ids, tree, hf=None) -> dict:
     """Run each compiled method once, before anything is timed, so that every block width
     it feeds is compiled now: seconds and new graphs per method. A width that an earlier
     method compiled (the draft pass 1 + k) costs nothing again. Kept out of tok/s."""
@@ -421,7 +270,7 @@ def compile_methods(model: Llama, static: StaticModel, prompt: list[int], method
     for m in methods:
         if m.compiled:
             graphs, t0 = counters["stats"]["unique_graphs"], now(model.device)
-            run_once(model, prompt, m, 16, sat_id, stop_ids, 0, tree, static=static)
+            run_once(model, prompt, m, 16, sat_id, stop_ids, 0, tree, hf, static)
             out[m.name] = {"seconds": now(model.device) - t0, "graphs": counters["stats"]["unique_graphs"] - graphs}
     return out
 
@@ -466,105 +315,43 @@ def summarise(methods: list[Method], runs: dict) -> dict:
     return out
 
 
-def markdown(results: dict) -> str:
-    lines = []
-    for dtype, res in results.items():
-        for set_name, rows in res["sets"].items():
-            lines += [f"\n**{set_name}, {dtype}** (repeated 4-grams in AR output: "
-                      f"{rows['_repeated_4gram_fraction_ar']:.1%})\n",
-                      "| method | tok/s | speedup | acc/it | acc/it (less repetitive half) | tok/fwd | ceiling | fed/fwd | exact | prefill ms |",
-                      "|---|---|---|---|---|---|---|---|---|---|"]
-            for name, r in rows.items():
-                if name.startswith("_"):
-                    continue
-                f = lambda v, fmt: "-" if v is None else format(v, fmt)
-                lines.append(f"| {name} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}x | "
-                             f"{f(r['accepted_per_iter'], '.2f')} | {f(r['accepted_per_iter_less_repetitive_half'], '.2f')} | "
-                             f"{f(r['tokens_per_forward'], '.2f')} | {f(r['ceiling'], '.1f')} | {f(r['tokens_fed_per_forward'], 'd')} | "
-                             f"{'-' if r['exact_match'] is None else str(r['exact_match']) + '/' + str(r['prompts'])} | "
-                             f"{1000 * r['prefill_s_mean']:.1f} |")
-            compiled_ar = rows.get("ar (compiled)")
-            if compiled_ar:  # the honest baseline for compiled SDSAT
-                lines += ["\nCompiled rows against ar (compiled): " + ", ".join(
-                    f"{name} {r['tokens_per_s'] / compiled_ar['tokens_per_s']:.2f}x" for name, r in rows.items()
-                    if name.endswith("(compiled)") and name != "ar (compiled)")]
-        if res.get("compile"):
-            lines += ["\nCompiling, once before timing and kept out of tok/s: " + ", ".join(
-                f"{name} {c['seconds']:.1f} s ({c['graphs']} new graph{'s' if c['graphs'] != 1 else ''})"
-                for name, c in res["compile"].items())]
-        lat = res["forward_latency_s"]
-        base = lat[1]
-        lines += [f"\n**forward latency, {dtype}** (cache of 128 tokens): "
-                  + ", ".join(f"{T} tok {1000 * t:.2f} ms ({t / base:.2f}x)" for T, t in lat.items())]
-        lines += [f"Autoregressive loop overhead outside the forward pass: {1e6 * res['ar_loop_overhead_s']:.0f} us/token "
-                  f"({res['ar_loop_overhead_s'] / base:.1%} of a 1-token forward)"]
-    return "\n".join(lines)
-
-
-def plot(results: dict, path: str):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(matplotlib not installed: no plots)", file=sys.stderr)
-        return
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for dtype, res in results.items():
-        for set_name, rows in res["sets"].items():
-            chain = sorted((r["k"], r) for n, r in rows.items() if not n.startswith("_")
-                           and r["kind"] == "chain" and r["temperature"] == 0 and not r.get("compiled"))
-            if not chain:
-                continue
-            ks = [k for k, _ in chain]
-            axes[0].plot(ks, [r["speedup"] for _, r in chain], "o-", label=f"{set_name} {dtype}")
-            axes[1].plot(ks, [r["accepted_per_iter"] for _, r in chain], "o-", label=f"{set_name} {dtype}")
-    axes[0].axhline(1, color="gray", lw=0.5)
-    axes[0].set(xlabel="k (SATs)", ylabel="speedup over autoregressive", title="greedy SDSAT speedup")
-    axes[1].set(xlabel="k (SATs)", ylabel="accepted drafts / iteration", title="acceptance")
-    for ax in axes:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"plot: {path}", file=sys.stderr)
-
-
-def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """The CPU's model name and its bf16 instructions (model.cpu_info): a CPU's bf16
-    numbers mean little without them."""
-    info = cpu_info(cpuinfo)
-    if info is None:
-        return platform.processor() or platform.machine()
-    name, bf16 = info
-    return f"{name}; bf16 instructions: {', '.join(bf16) if bf16 else 'none'}"
-
-
-def environment(device: torch.device) -> dict:
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here).stdout.strip()
-        if commit and subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                     text=True, cwd=here).stdout.strip():
-            commit += " (with uncommitted changes)"
-    except OSError:
-        commit = ""
-    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-            f"cpu ({cpu_description()}; {torch.get_num_threads()} threads)",
-            "torch": torch.__version__, "python": platform.python_version(), "commit": commit or "unknown",
-            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-
-
-def environment_line(env: dict) -> str:
-    """The first line of bench.md and latency.md: where the numbers come from."""
-    commit = env["commit"][:12] + (" with uncommitted changes" if "uncommitted" in env["commit"] else "")
-    return f"_{env['device']}, torch {env['torch']}, commit {commit}, {env['time']}_\n"
+@torch.inference_mode()
+def acceptance(model_dirs: list[str], prompts: dict, k: int, max_new: int, sat_id: int | None, device,
+               label: str | None = None) -> list[dict]:
+    """--acceptance: mean accepted drafts per iteration of greedy two-step decoding, k SATs,
+    float32, per model and prompt set. No timing: acceptance does not depend on the machine.
+    A row also gives the model's minutes of training, where its training.json says."""
+    rows = []
+    for path in model_dirs:
+        model = load_or_exit(path, device, torch.float32)
+        sat = model.args.sat_token_id if sat_id is None else sat_id
+        row = {"model": path, "k": k, "max_new_tokens": max_new} | ({"run": label} if label else {})
+        report = os.path.join(path, "training.json")
+        if os.path.isfile(report):
+            with open(report) as f:
+                r = json.load(f)
+            row["minutes"] = round(r["minutes"] if "minutes" in r else
+                                   (r.get("elapsed_before", 0) + r.get("elapsed", 0)) / 60, 2)
+        for name, encoded in prompts.items():
+            accepted = iterations = 0
+            for i, ids in enumerate(encoded):
+                progress(f"{os.path.basename(path)} {name} {i + 1}/{len(encoded)}")
+                cache = model.new_cache(len(ids) + max_new + k + 1)
+                logits = prefill(model, cache, ids)
+                _, stats = generate_sdsat(model, cache, logits, max_new, Warper(), k, sat, model.args.stop_ids)
+                accepted, iterations = accepted + sum(stats.accepted), iterations + len(stats.accepted)
+            row[name] = round(accepted / max(1, iterations), 3)
+        progress("")
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
 
 
 def main():
     signal.signal(signal.SIGINT, signal.default_int_handler)  # loaded: Ctrl-C is KeyboardInterrupt again
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="checkpoint directory, Hugging Face layout (default: %(default)s)")
+                   help="checkpoint directory, Hugging Face layout, or a SAT adapter directory (default: %(default)s)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default: %(default)s)")
     p.add_argument("--sat-token-id", type=int, default=None, help="the SAT's id (default: the config's sat_token_id)")
     p.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES),
@@ -586,12 +373,27 @@ def main():
                    help="k for the fused method (default: 3; with --full 1..6)")
     p.add_argument("--no-sampling", action="store_true", help="skip the sampling methods")
     p.add_argument("--compile", action="store_true",
-                   help="also run the greedy ar, sdsat, tree and fused methods compiled (model.StaticModel), "
-                        "as rows named '... (compiled)'; compile time is reported apart")
+                   help="also run the greedy ar, sdsat, tree and fused methods compiled (compiled.StaticModel), "
+                        "as rows named '... (compiled)', and with --peers transformers' compiled static-cache "
+                        "generate; compile time is reported apart. With --latency-only: compiled latencies too")
+    p.add_argument("--copies", type=int, nargs="+", default=[10],
+                   help="lookup rows, one per number of copied drafts (default: 10, as transformers)")
     p.add_argument("--full", action="store_true", help="every prompt and method")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    p.add_argument("--out", default="bench_results", help="directory for bench.json and plots (default: %(default)s)")
+    p.add_argument("--out", default=OUT,
+                   help="directory for the results (default: %(default)s, ignored by git; the committed results "
+                        "in bench_results/ change only when you name them here)")
+    p.add_argument("--acceptance", nargs="*", default=None, metavar="DIR",
+                   help="instead: accepted drafts per iteration of greedy two-step decoding (--k, float32, no "
+                        "timing) of each model directory given, or of --model; one JSON line each, also "
+                        "appended to OUT/acceptance.jsonl")
+    p.add_argument("--label", default=None,
+                   help="--acceptance: name these models' rows (a training run); rows with a name and minutes of "
+                        "training are drawn as learning curves in OUT/learning_curve.png")
+    p.add_argument("--profile-sampling", action="store_true",
+                   help="instead: where the time of sampled decoding goes, inside the forward or outside it "
+                        "(3 x --max-new-tokens from one prompt, top-p 0.95, T = 0.2 and 1.0)")
     p.add_argument("--quality", action="store_true",
                    help="instead: five greedy completions and the repeated 4-gram fraction of held-out continuations")
     p.add_argument("--latency-only", action="store_true",
@@ -601,10 +403,9 @@ def main():
     p.add_argument("--reps", type=int, default=5, help="timed forwards per size (--latency-only; default: %(default)s)")
     p.add_argument("--prefix", type=int, default=128,
                    help="cached tokens before each timed forward (--latency-only; default: %(default)s)")
-    p.add_argument("--project-from", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                          "bench_results", "bench.json"),
-                   help="a bench.json whose tokens per forward to project (--latency-only; "
-                        "default: bench_results/bench.json beside bench.py)")
+    p.add_argument("--project-from", default=None,
+                   help="a bench.json whose tokens per forward to project onto these forward costs "
+                        "(--latency-only; default: none)")
     a = p.parse_args()
     if min(a.sizes) < 1 or a.reps < 1 or a.prefix < 1:
         raise SystemExit("error: --sizes, --reps and --prefix must be positive")
@@ -615,8 +416,14 @@ def main():
     if a.threads:
         torch.set_num_threads(a.threads)
     device = pick_device(a.device)
+    if a.acceptance:  # their tokenizer and SAT id (every directory given shares them)
+        a.model = a.acceptance[0]
+    if min(a.copies) < 1:
+        raise SystemExit("error: --copies must be at least 1")
     if a.latency_only:
         return latency_only(a, device)
+    if a.profile_sampling:
+        return profile_sampling(a.model, device, DTYPES[a.dtype[0]], a.max_new_tokens or 96)
     n_prompts = a.n_prompts or (164 if a.full else 4)
     max_new = a.max_new_tokens or (256 if a.full else 96)
     ks = a.k or (list(range(1, 9)) if a.full else [1, 3, 5])
@@ -633,7 +440,7 @@ def main():
             raise SystemExit("error: --peers runs transformers' generate, and transformers is not installed "
                              "(pip install transformers)")
     methods = methods_for(ks, fused_ks, sampling=a.full or not a.no_sampling, peers=a.peers, compiled=a.compile,
-                          full=a.full)
+                          full=a.full, copies=a.copies)
     if min(ks + fused_ks) < 1:
         raise SystemExit("error: --k and --fused-k must be at least 1")
     widest = max(tokens_fed(m) or 1 for m in methods)  # the tree's 29 tokens, or 1 + k + (k + 1) k for fused
@@ -651,6 +458,14 @@ def main():
     if "humaneval" in sets:
         texts["humaneval"] = humaneval_prompts(n_prompts)
     encoded = {name: [tok.encode(t["text"]) for t in items] for name, items in texts.items()}
+    if a.acceptance is not None:
+        rows = acceptance(a.acceptance or [a.model], encoded, (a.k or [5])[-1], a.max_new_tokens or 48,
+                          a.sat_token_id, device, a.label)
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, "acceptance.jsonl"), "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        plot_learning_curve(os.path.join(a.out, "acceptance.jsonl"), os.path.join(a.out, "learning_curve.png"))
+        return
     if a.quality:
         model = load_or_exit(a.model, device, DTYPES[a.dtype[0]])
         q = quality(model, tok, encoded.get("heldout") or next(iter(encoded.values())))
@@ -674,15 +489,18 @@ def main():
                   f"{model.args.max_position_embeddings}", file=sys.stderr)
         print(f"{dtype}: loaded in {load_s:.1f}s (peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB); "
               f"{len(methods)} methods x {sum(map(len, encoded.values()))} prompts x {max_new} tokens", file=sys.stderr)
-        lat = forward_latency(model, sorted({1, 2, 4, 8, 16} | {tokens_fed(m) for m in methods} - {None}))
+        sizes = sorted({1, 2, 4, 8, 16} | {tokens_fed(m) for m in methods} - {None})
+        lat = forward_latency(model, sizes)
         hf = load_peer(a.model, device, DTYPES[dtype]) if a.peers else None
-        res = {"load_s": load_s, "forward_latency_s": lat, "ar_loop_overhead_s": ar_loop_overhead(model)}
+        res = {"load_s": load_s, "forward_latency_s": lat, "floor": floors(model, sizes, 128),
+               "ar_loop_overhead_s": ar_loop_overhead(model)}
         static = None
         if a.compile:  # one cache for every compiled run: its size is part of each graph's shape
-            widest = max(tree.size, *(tokens_fed(m) for m in methods if m.compiled))
+            widest = max(tree.size, *(tokens_fed(m) or 1 for m in methods if m.compiled))
             static = StaticModel(model, max(len(e) for v in encoded.values() for e in v) + max_new + widest + 1)
             first = next(iter(encoded.values()))[0]
-            res["compile"] = compile_methods(model, static, first, methods, sat_id, model.args.stop_ids, tree)
+            res["compile"] = compile_methods(model, static, first, methods, sat_id, model.args.stop_ids, tree, hf)
+            res["compiled_latency_s"] = forward_latency(model, sizes, static=static)
         res["sets"] = bench_dtype(model, encoded, methods, max_new, sat_id, model.args.stop_ids, tree, a.seed, hf,
                                   static)
         results[dtype] = res

@@ -16,7 +16,6 @@ Layout of one forward pass (B = batch, T = new tokens, L = tokens already cached
                 -> RMSNorm -> lm_head -> logits [B, T, V]
 """
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -225,6 +224,17 @@ def apply_rope(x, cos, sin):
     return x * cos + rotated * sin
 
 
+def linear(module: nn.Module, name: str, x: torch.Tensor, sat=None) -> torch.Tensor:
+    """module.<name>(x), a linear layer of a block; with sat = (the block's low-rank
+    changes, rows [B, T, 1] True at SAT tokens), the SAT adapter's change is added at the
+    SAT rows only (adapter.py). Every other row is the base layer's output, exactly."""
+    y = getattr(module, name)(x)
+    if sat is None:
+        return y
+    changes, rows = sat
+    return torch.where(rows, y + changes[name](x), y)
+
+
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -234,11 +244,11 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(args.hidden_size, self.n_kv * self.hd, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.hd, args.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, slots=None, prefix: int = 0):
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, slots=None, prefix: int = 0, sat=None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # [B, H, T, hd]
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # [B, Hkv, T, hd]
-        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q = linear(self, "q_proj", x, sat).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # [B, H, T, hd]
+        k = linear(self, "k_proj", x, sat).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # [B, Hkv, T, hd]
+        v = linear(self, "v_proj", x, sat).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.write(layer, k, v, slots)  # [B, Hkv, L + T or max_len, hd]
@@ -247,7 +257,7 @@ class Attention(nn.Module):
             out = torch.cat([head, self.attend(q[:, :, prefix:], k, v, mask)], dim=2)
         else:
             out = self.attend(q, k, v, mask)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+        return linear(self, "o_proj", out.transpose(1, 2).reshape(B, T, self.n_heads * self.hd), sat)
 
     def attend(self, q, k, v, mask):
         """mask: None (every query sees every key), "causal" (the plain triangle), or a tensor."""
@@ -263,8 +273,9 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
         self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
 
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+    def forward(self, x, sat=None):
+        h = F.silu(linear(self, "gate_proj", x, sat)) * linear(self, "up_proj", x, sat)  # SwiGLU
+        return linear(self, "down_proj", h, sat)
 
 
 class Block(nn.Module):
@@ -275,9 +286,9 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.mlp = MLP(args)
 
-    def forward(self, x, cos, sin, mask, cache, layer, slots=None, prefix=0):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, slots, prefix)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, cos, sin, mask, cache, layer, slots=None, prefix=0, sat=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, slots, prefix, sat)
+        return x + self.mlp(self.post_attention_layernorm(x), sat)
 
 
 # ----------------------------------------------------------------------------- model
@@ -294,6 +305,7 @@ class Llama(nn.Module):
         if args.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.grad_checkpointing = False  # training: recompute block activations in backward
+        self.adapter = None  # an adapter.SATAdapter, acting only at SAT tokens, or None
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, cache: KVCache | None = None,
@@ -325,27 +337,40 @@ class Llama(nn.Module):
             mask = None if T == 1 else "causal" if L == 0 else causal_mask(L, T, tokens.device)
         elif mask.dtype != torch.bool:
             mask = mask.to(self.embed_tokens.weight.dtype)
-        logits = self.network(tokens, positions, mask, cache, causal_prefix=causal_prefix)
+        logits = self.network(tokens, positions, mask, cache, causal_prefix=causal_prefix,
+                              adapt=self.has_sat(tokens))
         if cache is not None:
             cache.length = L + T
         return logits
 
-    def network(self, tokens, positions, mask, cache=None, slots=None, causal_prefix: int = 0):
+    def has_sat(self, tokens: torch.Tensor) -> bool:
+        """Whether the SAT adapter must run: there is one and a SAT is among the tokens.
+        (A host sync on a GPU; a forward with no SAT then runs exactly the base.)"""
+        return self.adapter is not None and bool((tokens == self.adapter.sat_id).any())
+
+    def network(self, tokens, positions, mask, cache=None, slots=None, causal_prefix: int = 0,
+                adapt: bool = False):
         """The layers themselves: logits [B, T, V], for the eager forward above and the
-        compiled static path alike (StaticModel). positions [B, T]; mask as in forward.
+        compiled static path alike (compiled.py). positions [B, T]; mask as in forward.
 
         slots [T] (a tensor) selects the static path: the new K/V go to those cache slots,
         attention spans the whole preallocated cache (mask [B or 1, 1, T, max_len] must
         hide the slots not in use), and cache.length is neither read nor moved.
+        adapt: run the SAT adapter at the SAT tokens (has_sat says when it must).
         """
-        x = self.embed_tokens(tokens)
+        x = self.embed_tokens(tokens)  # [B, T, D]
+        rows = None
+        if adapt:  # SAT rows take the adapter's own embedding
+            rows = (tokens == self.adapter.sat_id)[..., None]  # [B, T, 1]
+            x = torch.where(rows, self.adapter.embed.to(x.dtype), x)
         cos, sin = rope_cos_sin(positions, self.args.head_dim, self.args.rope_theta, x.dtype)
         for i, layer in enumerate(self.layers):
+            sat = (self.adapter.layers[i], rows) if adapt else None
             if self.grad_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, cache, i, slots, causal_prefix,
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, cache, i, slots, causal_prefix, sat,
                                                       use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, cache, i, slots, causal_prefix)
+                x = layer(x, cos, sin, mask, cache, i, slots, causal_prefix, sat)
         return self.lm_head(self.norm(x))
 
     @property
@@ -358,89 +383,6 @@ class Llama(nn.Module):
 
     def new_cache(self, max_len: int, batch_size: int = 1) -> KVCache:
         return KVCache(self.args, max_len, batch_size, self.device, self.dtype)
-
-
-# ----------------------------------------------------------------------------- compiled
-
-
-class StaticModel:
-    """The compiled decoding path. It stands in for the model in the decode loops, which
-    call it exactly as they call Llama.forward on a cache.
-
-    Eager decoding attends over cache slots [0, L + T), a shape that grows at every step:
-    torch.compile would recompile each time, or compile for dynamic shapes, slowly. Here
-    every tensor that enters the compiled graph has a shape fixed by the block width T:
-
-        tokens, positions [1, T]; slots [T]: where the new K/V go (L .. L + T - 1)
-        mask [1, 1, T, max_len]: over the whole preallocated cache, stale slots hidden
-
-            cache slots   0 1 2 3 4 5 6 7 8 9       L = 4, T = 3, max_len = 10
-                          p p p p c S S . . .       written this step: 4, 5, 6
-            mask row 0    x x x x x . . . . .       (causal: slot <= its own slot)
-            mask row 2    x x x x x x x . . .
-
-    so one graph serves every step of one width: 1 for AR, 1 + k for two-step, the tree
-    and the fused widths. The cache length stays the Python int that the loops move;
-    truncation is still only a length change, since slots beyond it are masked and later
-    overwritten. The graph runs Llama.network, the code the eager forward runs.
-
-    On CUDA the graph is also captured as a CUDA graph (mode "reduce-overhead"), which
-    removes the launch cost of each kernel; on a CPU inductor's generated C++ removes the
-    framework overhead. The prompt is prefilled eagerly (its length varies) into `cache`,
-    the one cache this path writes.
-    """
-
-    def __init__(self, model: Llama, max_len: int):
-        self.model, self.args = model, model.args
-        self.cache = model.new_cache(max_len)
-        self.cuda_graphs = model.device.type == "cuda"
-        # One graph per width; a full benchmark uses more widths than dynamo's default of 8.
-        # (cache_size_limit: the name torch 2.5 knows; later versions call it recompile_limit.)
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        # dynamic=False: never trade a fixed shape for a dynamic one on a second width.
-        if self.cuda_graphs:
-            for t in self.cache.k + self.cache.v:  # the graph writes them in place: fixed addresses
-                torch._dynamo.mark_static_address(t)
-            self.step = torch.compile(static_step, fullgraph=True, dynamic=False, mode="reduce-overhead")
-        else:  # the graph's C++ kernels are called from generated C++ too, not from Python:
-            # each kernel is short on a CPU, so the calls would cost as much as the work.
-            self.step = torch.compile(static_step, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
-
-    @property
-    def device(self):
-        return self.model.device
-
-    @property
-    def dtype(self):
-        return self.model.dtype
-
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
-                 mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits [1, T, V], as Llama.forward: positions [1, T] and a boolean mask
-        [1, 1, T, L + T] are optional, and cache.length grows by T."""
-        if cache is not self.cache:
-            raise ValueError("the compiled path writes only its own cache: pass StaticModel.cache")
-        T, L = tokens.shape[1], cache.length
-        cache.check_room(T)
-        slots = torch.arange(L, L + T, device=tokens.device)  # [T]
-        if mask is not None:  # cover the whole cache: the slots after L + T are hidden
-            mask = F.pad(mask, (0, cache.max_len - (L + T)), value=False)
-        logits = self.step(self.model, tokens, positions, mask, cache, slots)
-        cache.length = L + T
-        # A CUDA graph overwrites its output at the next replay, while a loop may still
-        # hold these logits (a draft distribution, say): give the loop its own copy.
-        return logits.clone() if self.cuda_graphs else logits
-
-
-def static_step(model: Llama, tokens, positions, mask, cache: KVCache, slots):
-    """The compiled function of StaticModel: defaults derived from the write slots, then
-    the network. Causal: a new token sees every slot up to its own, nothing stale."""
-    if positions is None:
-        positions = slots[None]  # [1, T]
-    if mask is None:
-        keys = torch.arange(cache.max_len, device=slots.device)
-        mask = (keys[None, :] <= slots[:, None])[None, None]  # [1, 1, T, max_len]
-    return model.network(tokens, positions, mask, cache, slots)
 
 
 def causal_mask(n_cached: int, n_new: int, device=None) -> torch.Tensor:
@@ -458,173 +400,3 @@ def init_weights(model: Llama, std: float = 0.02):
         else:
             scale = 1 / math.sqrt(2 * model.args.num_hidden_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 1
             nn.init.normal_(p, std=std * scale)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-#
-# On disk, Hugging Face layout: config.json, and model.safetensors or shards listed in
-# model.safetensors.index.json. Tensor names are "model." + our parameter names, except
-# lm_head.weight (absent when the embeddings are tied).
-
-
-def hf_name(name: str) -> str:
-    return name if name.startswith("lm_head.") else "model." + name
-
-
-def expected_tensors(model: Llama) -> dict[str, tuple]:
-    names = {hf_name(n): tuple(p.shape) for n, p in model.named_parameters()}  # tied: listed once
-    return names
-
-
-def read_config(path: str) -> ModelArgs:
-    if not os.path.isdir(path):
-        raise CheckpointError(f"model directory {path} does not exist")
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise CheckpointError(f"{path} has no config.json")
-    try:
-        with open(cfg_path) as f:
-            cfg = json.load(f)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path} is not valid JSON: {e}") from None
-    return ModelArgs.from_config(cfg, cfg_path)
-
-
-def safetensors_files(path: str) -> dict[str, str]:
-    """Map tensor name -> file that holds it, from the index or the single file."""
-    index = os.path.join(path, "model.safetensors.index.json")
-    single = os.path.join(path, "model.safetensors")
-    if os.path.isfile(index):
-        with open(index) as f:
-            weight_map = json.load(f).get("weight_map")
-        if not weight_map:
-            raise CheckpointError(f"{index} has no weight_map")
-        return {name: os.path.join(path, file) for name, file in weight_map.items()}
-    if os.path.isfile(single):
-        with _open_safetensors(single) as f:
-            return {name: single for name in f.keys()}
-    raise CheckpointError(f"{path} has neither model.safetensors nor model.safetensors.index.json")
-
-
-def _open_safetensors(file: str):
-    from safetensors import SafetensorError, safe_open
-    if not os.path.isfile(file):
-        raise CheckpointError(f"shard {file} is missing")
-    try:
-        return safe_open(file, framework="pt", device="cpu")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{file} is not a readable safetensors file ({e})") from None
-
-
-def pick_device(name: str) -> torch.device:
-    """The device of a script's --device NAME (cpu or cuda), or one line saying CUDA is missing."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but CUDA is not available here (use --device cpu)")
-    return torch.device(name)
-
-
-def cpu_info(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, list[str]] | None:
-    """(the CPU's model name, its bf16 instructions) from Linux's /proc/cpuinfo, or None
-    where it cannot be read. The instructions are x86's avx512_bf16 and amx_bf16, or Arm's
-    bf16. Without them PyTorch's bf16 matmuls take a slow path: on this project's machine
-    of later sessions (none of them) a 6-token bf16 forward of the demo model costs 2.9x a
-    1-token one, against 0.9x on its first machine, and bf16 runs slower than float32."""
-    name, flags = "", set()
-    try:
-        with open(cpuinfo) as f:
-            for line in f:  # the first processor's block: up to the first blank line
-                key, _, value = line.partition(":")
-                if not line.strip() and (name or flags):
-                    break
-                if key.strip() in ("model name", "CPU part") and not name:
-                    name = value.strip()
-                elif key.strip() in ("flags", "Features"):
-                    flags = set(value.split())
-    except OSError:
-        return None
-    return name or "unknown CPU", sorted(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
-def slow_bf16_warning(device: torch.device, cpuinfo: str = "/proc/cpuinfo") -> str | None:
-    """A warning for bf16 on a CPU that reports no bf16 instructions, else None."""
-    info = cpu_info(cpuinfo) if device.type == "cpu" else None
-    if info is None or info[1]:
-        return None
-    return (f"warning: this CPU ({info[0]}) reports no bf16 instructions (avx512_bf16, amx_bf16, bf16): "
-            "PyTorch's bfloat16 matmuls take a slow path on it, usually slower than --dtype float32")
-
-
-def load_model(path: str, device="cpu", dtype: torch.dtype = torch.float32) -> Llama:
-    """Load a Hugging Face layout checkpoint, strictly, without pickle.
-
-    The model is built on the meta device (no memory), then materialised once on `device`
-    in `dtype`; tensors are read one at a time from memory-mapped safetensors files and
-    converted on the way, so the host never holds two copies of the model.
-    """
-    args = read_config(path)
-    with torch.device("meta"):
-        model = Llama(args)
-    expected = expected_tensors(model)
-    where = safetensors_files(path)
-    shapes = {}
-    for file in sorted(set(where.values())):
-        with _open_safetensors(file) as f:
-            for name in f.keys():
-                shapes[name] = tuple(f.get_slice(name).get_shape())
-    problems = []
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    wrong = [f"{n} {list(shapes[n])} (expected {list(expected[n])})"
-             for n in sorted(set(expected) & set(shapes)) if shapes[n] != expected[n]]
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-        if items:
-            shown = ", ".join(items[:6]) + (f", ... ({len(items)} in all)" if len(items) > 6 else "")
-            problems.append(f"{label}: {shown}")
-    if problems:
-        raise CheckpointError(f"{path} does not match its config.json: " + "; ".join(problems))
-
-    model = model.to_empty(device=device).to(dtype)  # one uninitialised copy, right dtype
-    if args.tie_word_embeddings:
-        model.lm_head.weight = model.embed_tokens.weight  # to_empty keeps ties; be explicit
-    params = {hf_name(n): p for n, p in model.named_parameters()}
-    with torch.no_grad():
-        for name, file in sorted(where.items()):
-            # Opening the file per tensor unmaps the pages read so far: the process holds
-            # the model plus one tensor, not the model plus every page of the file.
-            with _open_safetensors(file) as f:
-                params[name].copy_(f.get_tensor(name))  # converts dtype and device
-    return model.eval()
-
-
-def save_model(model: Llama, path: str, dtype: torch.dtype | None = None):
-    """Write config.json and model.safetensors (Hugging Face layout), atomically each."""
-    from safetensors.torch import save_file
-    os.makedirs(path, exist_ok=True)
-    tensors = {hf_name(n): p.detach().to("cpu", dtype or p.dtype).contiguous()
-               for n, p in model.named_parameters()}
-    if model.args.tie_word_embeddings:
-        tensors.pop("lm_head.weight", None)
-    atomic_write(os.path.join(path, "model.safetensors"),
-                 lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    config = model.args.to_config()
-    if dtype is not None:  # transformers 5 reads "dtype", older versions "torch_dtype"
-        config["dtype"] = config["torch_dtype"] = str(dtype).removeprefix("torch.")
-    write_json(os.path.join(path, "config.json"), config)
-
-
-def atomic_write(final_path: str, write):
-    """Call write(tmp_path), then rename onto final_path: readers never see half a file."""
-    tmp = final_path + ".tmp"
-    write(tmp)
-    os.replace(tmp, final_path)
-
-
-def write_text(path: str, text: str):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-    atomic_write(path, write)
-
-
-def write_json(path: str, obj):
-    write_text(path, json.dumps(obj, indent=1, default=str) + "\n")

@@ -22,7 +22,8 @@ import sys
 
 import torch
 
-from model import Llama, ModelArgs, atomic_write, hf_name, write_json
+from checkpoint import atomic_write, hf_name, write_json
+from model import Llama, ModelArgs
 
 SHAPES = {  # the configs CodeLlama ships, as far as the shape goes
     "codellama-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32),

@@ -1,12 +1,53 @@
-"""The semantic adaptive token layout, shared by training (train_sat.py) and the one-step
-fused decoder (decode.py): n ordinary tokens followed by one group of k SATs per anchor.
+"""The semantic adaptive token layout, and what SAT training learns from it.
 
-SAT j (1..k) of the group anchored at ordinary token p sits at position p + j, sees the
-ordinary tokens 0..p and the SATs of its own group up to itself. Ordinary tokens see
-only ordinary tokens, causally. train_sat.py draws the full picture for n = 8.
+Shared by training (train_sat.py) and the one-step fused decoder (decode_fused.py): a
+window of n standard tokens y[0..n-1] followed by one group of k SATs per anchor p. SAT j
+(1..k) of the group anchored at p sits at position p + j, sees the standard tokens up to p
+and the SATs of its own group up to itself, and learns y[p + 1 + j]: the token j + 1 steps
+after the anchor. Standard tokens never see a SAT, so their outputs are exactly those of a
+plain causal forward. n = 8, anchors p = 2 and p = 5, k = 3:
+
+    index     0  1  2  3  4  5  6  7 |  8  9 10 | 11 12 13
+    token    y0 y1 y2 y3 y4 y5 y6 y7 |  S  S  S |  S  S  S
+    position  0  1  2  3  4  5  6  7 |  3  4  5 |  6  7  8
+    label    y1 y2 y3 y4 y5 y6 y7 y8 | y4 y5 y6 | y7 y8  -    (- : past the window)
+
+    mask (row attends to column, x = yes)
+                0 1 2 3 4 5 6 7   8 9 10  11 12 13
+     0  y0      x
+     1  y1      x x
+     2  y2      x x x
+     3  y3      x x x x
+     4  y4      x x x x x
+     5  y5      x x x x x x
+     6  y6      x x x x x x x
+     7  y7      x x x x x x x x
+     8  S p=2   x x x             x
+     9  S p=2   x x x             x x
+    10  S p=2   x x x             x x x
+    11  S p=5   x x x x x x                 x
+    12  S p=5   x x x x x x                 x  x
+    13  S p=5   x x x x x x                 x  x  x
+
+Appending the groups after the text, rather than interleaving them, keeps the standard
+part identical to plain training; the mask does the rest (SDSAT.md section 2).
+
+The losses:
+  * sat_loss, the paper's full fine-tune (--mode sat): one forward of the whole layout;
+    loss = CE_sat + lambda * L_std, the frozen-embedding loss.
+  * adapter_loss (--mode adapter): the base is frozen and only SAT rows change, so the
+    standard tokens run once without autograd, into a KV cache, and only the SAT groups
+    run with gradients, attending to that cache through the same mask.
+  * lm_loss: plain next-token loss, for pretraining the demo model.
 """
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+
+from model import Llama
+
+IGNORE = -100  # label of positions without a target
 
 
 def sat_layout(n: int, anchors: torch.Tensor, k: int):
@@ -32,3 +73,148 @@ def sat_layout(n: int, anchors: torch.Tensor, k: int):
     same_group = (groups[:, :, None] == groups[:, None, :]) & (groups[:, :, None] >= 0)
     sat_col = same_group & (offsets[:, None, :] <= offsets[:, :, None])
     return positions, (std_col | sat_col)[:, None]
+
+
+def choose_anchors(step: int, cfg, n: int, batch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """Anchors [B, A], sorted, distinct, in [0, n - 1 - k] so every SAT has a label."""
+    last = n - 1 - cfg.k
+    if cfg.anchors == 0 or cfg.anchors > last:
+        return torch.arange(last + 1).expand(batch, -1)
+    g = np.random.default_rng([cfg.seed, step, 1])
+    rows = [np.sort(g.choice(last + 1, cfg.anchors, replace=False)) for _ in range(batch * world)]
+    return torch.from_numpy(np.stack(rows[rank * batch:(rank + 1) * batch]))
+
+
+def sat_batch(window: torch.Tensor, anchors: torch.Tensor, k: int, sat_id: int):
+    """Input ids, positions, mask, labels and offsets for windows [B, N + 1]."""
+    B, n = window.shape[0], window.shape[1] - 1
+    A = anchors.shape[1]
+    positions, mask = sat_layout(n, anchors, k)
+    j = torch.arange(1, k + 1, device=window.device).repeat(A).expand(B, -1)
+    target = anchors.repeat_interleave(k, dim=1) + 1 + j  # y index of SAT (p, j)'s label
+    sat_labels = window.gather(1, target.clamp(max=n)).masked_fill(target > n, IGNORE)
+    ids = torch.cat([window[:, :n], torch.full_like(sat_labels, sat_id)], 1)
+    labels = torch.cat([window[:, 1:], sat_labels], 1)
+    offsets = torch.cat([torch.zeros_like(window[:, :n]), j], 1)
+    return ids, positions, mask, labels, offsets
+
+
+@torch.no_grad()
+def greedy_continuation_labels(teacher: Llama, window: torch.Tensor, anchors: torch.Tensor, k: int):
+    """SAT labels from the starting model's own greedy continuation (self-distillation).
+
+    For anchor p the model would generate g1, g2, ... after y[0..p]; SAT j should predict
+    g_{j+1}. The SAT layout doubles as a branch layout: put g1..g_m in the group's slots
+    instead of SATs and one forward pass continues every branch at once (k + 1 passes).
+    """
+    B, n = window.shape[0], window.shape[1] - 1
+    A = anchors.shape[1]
+    positions, mask = sat_layout(n, anchors, k)
+    logits = teacher(window[:, :n])
+    g = [logits.gather(1, anchors[:, :, None].expand(-1, -1, logits.shape[-1])).argmax(-1)]  # g1 [B, A]
+    branch = torch.zeros(B, A, k, dtype=torch.long, device=window.device)
+    for m in range(1, k + 1):
+        branch[:, :, m - 1] = g[-1]
+        ids = torch.cat([window[:, :n], branch.reshape(B, A * k)], 1)
+        out = teacher(ids, positions=positions, mask=mask[:, :, n:], causal_prefix=n)[:, n:].reshape(B, A, k, -1)
+        g.append(out[:, :, m - 1].argmax(-1))  # the token after g_m
+    return torch.stack(g[1:], -1).reshape(B, A * k)  # SAT j's label: g_{j+1}
+
+
+def lm_loss(model: Llama, window: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Mean next-token cross-entropy of windows [B, N + 1] (pretraining)."""
+    logits = model(window[:, :-1])
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), window[:, 1:].flatten())
+    return loss, {"ce": loss.item()}
+
+
+def sat_loss(model: Llama, window, anchors, cfg, sat_id: int, teacher: Llama | None):
+    """CE_sat + lambda * L_std on one SAT-augmented batch; also CE per offset j.
+    cfg: a train_sat.TrainConfig (k, sat_labels, std_loss, std_weight, offset_weights)."""
+    n = window.shape[1] - 1
+    ids, positions, mask, labels, offsets = sat_batch(window, anchors, cfg.k, sat_id)
+    if cfg.sat_labels == "self":
+        labels[:, n:] = greedy_continuation_labels(teacher, window, anchors, cfg.k)
+    logits = model(ids, positions=positions, mask=mask[:, :, n:], causal_prefix=n).float()  # [B, T, V]
+    if cfg.sat_labels == "model":  # free: the standard logits are in this very forward
+        labels[:, n:] = own_labels(logits[:, :n].detach(), positions[:, n:], labels[:, n:])
+    ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none")
+    ce = ce.view(labels.shape)
+    ce_sat, info = per_offset(ce, labels != IGNORE, offsets, cfg)
+    std_logits = logits[:, :n]
+    if cfg.std_loss == "kl":
+        with torch.no_grad():
+            ref = teacher(window[:, :n]).float().log_softmax(-1)
+        l_std = F.kl_div(std_logits.log_softmax(-1), ref, log_target=True, reduction="batchmean") / n
+    else:
+        l_std = ce[:, :n].mean()
+    info.update(ce_sat=ce_sat.item(), l_std=l_std.item(), ce_std=ce[:, :n].mean().item())
+    return ce_sat + cfg.std_weight * l_std, info
+
+
+def offset_weights(cfg) -> list[float]:
+    if not cfg.offset_weights:
+        return [1.0] * cfg.k
+    w = [float(x) for x in cfg.offset_weights.split(",")]
+    if len(w) != cfg.k:
+        raise SystemExit(f"error: --offset-weights has {len(w)} values for k={cfg.k}")
+    return w
+
+
+def per_offset(ce: torch.Tensor, valid: torch.Tensor, offsets: torch.Tensor, cfg) -> tuple[torch.Tensor, dict]:
+    """CE_sat, the mean SAT cross-entropy over offsets j = 1..k (weighted by
+    --offset-weights), and each offset's own mean, from per-token CE, validity and offsets."""
+    info, terms, weights = {}, [], offset_weights(cfg)
+    for j in range(1, cfg.k + 1):
+        ce_j = ce[valid & (offsets == j)].mean()
+        info[f"ce_sat{j}"] = ce_j.item()
+        terms.append(weights[j - 1] * ce_j)
+    ce_sat = sum(terms) / sum(weights)
+    info["ce_sat"] = ce_sat.item()
+    return ce_sat, info
+
+
+def own_labels(std_logits: torch.Tensor, positions: torch.Tensor, data_labels: torch.Tensor) -> torch.Tensor:
+    """SAT j of anchor p learns what the model itself predicts at standard position p + j
+    (given the text up to there): the token its verification pass will check. std_logits
+    [B, n, V] of the standard tokens, positions [B, S] of the SATs (p + j); IGNORE stays."""
+    n = std_logits.shape[1]
+    own = std_logits.argmax(-1).gather(1, positions.clamp(max=n - 1))
+    return own.masked_fill(data_labels == IGNORE, IGNORE)
+
+
+def adapter_forward(model: Llama, window, anchors, k: int, sat_id: int, net=None):
+    """The SAT groups of windows [B, n + 1] through the adapter model: (SAT logits [B, S, V],
+    data labels [B, S], the model's own labels [B, S], offsets j [B, S]), S = anchors x k.
+
+    The standard tokens y[0..n-1] run once, without autograd, into a KV cache; they see no
+    SAT, so this is the frozen base. Then only the SAT groups run (with gradients, if
+    enabled) at positions p + j, each seeing the cache up to its anchor and its own group:
+    the layout's mask, rows n and after. net: the model as called (a DistributedDataParallel
+    wrapper under torchrun), default the model itself."""
+    net = net or model
+    B, n = window.shape[0], window.shape[1] - 1
+    _, positions, mask, labels, offsets = sat_batch(window, anchors, k, sat_id)
+    S = positions.shape[1] - n
+    cache = model.new_cache(n + S, batch_size=B)
+    with torch.no_grad():
+        std_logits = net(window[:, :n], cache=cache)  # [B, n, V]
+    own = own_labels(std_logits, positions[:, n:], labels[:, n:])
+    sats = torch.full((B, S), sat_id, device=window.device)
+    logits = net(sats, positions=positions[:, n:], mask=mask[:, :, n:], cache=cache)  # [B, S, V]
+    return logits, labels[:, n:], own, offsets[:, n:]
+
+
+def adapter_loss(model: Llama, window, anchors, cfg, sat_id: int, net=None):
+    """CE_sat on one batch for the SAT adapter (adapter.py), whose base is frozen: standard
+    outputs are the base's by construction, so there is no L_std (adapter_forward).
+    cfg: a train_sat.TrainConfig (k, sat_labels: data or model, offset_weights)."""
+    logits, labels, own, offsets = adapter_forward(model, window, anchors, cfg.k, sat_id, net)
+    if cfg.sat_labels == "model":
+        labels = own
+    logits = logits.float()
+    ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none")
+    valid = labels != IGNORE
+    ce_sat, info = per_offset(ce.view(labels.shape), valid, offsets, cfg)
+    info["top1"] = (logits.argmax(-1) == labels)[valid].float().mean().item()
+    return ce_sat, info

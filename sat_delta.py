@@ -34,7 +34,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from model import CheckpointError, atomic_write, read_config, safetensors_files, write_json
+from checkpoint import atomic_write, read_config, safetensors_files, write_json
+from model import CheckpointError
 
 DELTA_FILE = "model.safetensors"
 REPORTS = ("training.json", "corpus.json")  # the fine-tune's report and its data's split

@@ -32,6 +32,12 @@ def tokenizer_file(path: str) -> str:
     for name in FILES:
         if os.path.isfile(os.path.join(path, name)):
             return os.path.join(path, name)
+    adapter = os.path.join(path, "adapter.json")
+    if os.path.isfile(adapter):  # a SAT adapter directory (adapter.py) reads with its base's tokenizer
+        with open(adapter) as f:
+            base = json.load(f).get("base")
+        if base:
+            return tokenizer_file(os.path.join(path, base))
     raise FileNotFoundError(f"{path} has no tokenizer ({' or '.join(FILES)})")
 
 

@@ -1,8 +1,13 @@
-"""Training: semantic adaptive token (SAT) fine-tuning, and pretraining the demo model.
+"""Training: SAT fine-tuning (full, or as an adapter on a frozen base), and pretraining
+the demo model.
 
 One loop serves every mode:
 
-    --mode sat        SDSAT fine-tuning with the frozen-embedding loss (the default)
+    --mode sat        the paper's fine-tune: the blocks and the SAT's embedding row train,
+                      with the frozen-embedding loss (the default)
+    --mode adapter    the base stays frozen; only a SAT adapter trains (adapter.py): a SAT
+                      embedding and a rank --rank change of every linear layer, both seen
+                      only by SATs, so the base's own outputs never change
     --mode sat-only   only the SAT's embedding row trains: a lower bound and a contrast
     --mode pretrain   plain next-token loss, every parameter trains (builds the demo model)
 
@@ -10,57 +15,36 @@ One loop serves every mode:
     python train_sat.py --device cuda ...                 # one GPU (default: --device cpu)
     torchrun --nproc_per_node 2 train_sat.py ...          # DistributedDataParallel
 
+SmolLM2-135M's SAT adapter, on its own greedy text (distill.py), as shipped in
+models/smollm2-135m-sat (the README gives the full recipe):
+
+    python train_sat.py --mode adapter --init models/smollm2-135m --data data/smollm2-distill
+        --out runs/smol-adapter --sat-token-id 6 --k 5 --rank 32 --anchors 0 --seq-len 255
+        --batch-size 1 --sat-labels model --threads 1 --export models/smollm2-135m-sat
+
+(one command: the lines above continue each other).
+
 The loop: AdamW, linear warm-up then cosine decay, gradient clipping and accumulation,
-bfloat16 autocast, optional gradient checkpointing, periodic held-out evaluation, a
-progress line, and a checkpoint written atomically every --ckpt-minutes. Killing a run
-and starting the same command again resumes it with the same data order: batch s is
-drawn from a generator seeded by (seed, s), so it does not depend on earlier steps.
+bfloat16 autocast where the hardware has it (CUDA, or a CPU with bf16 instructions;
+float32 elsewhere unless --bf16 asks), optional gradient checkpointing, periodic held-out
+evaluation, a progress line, and a checkpoint written atomically every --ckpt-minutes.
+Killing a run and starting the same command again resumes it with the same data order:
+batch s is drawn from a generator seeded by (seed, s), so it does not depend on earlier
+steps. The SAT layout and the losses are in sat.py; the machinery in trainer.py.
 
-THE SAT LAYOUT (SDSAT.md section 2). A window holds N standard tokens y[0..N-1] (and
-y[N], used only as a label). For each anchor p, a group of k SATs is appended after
-the standard tokens. SAT j of anchor p sits at position p + j, sees the standard tokens
-up to p and the SATs of its own group up to itself, and learns y[p + 1 + j]: the token
-j + 1 steps after the anchor. Standard tokens never see a SAT, so their outputs are
-exactly those of a plain causal forward. N = 8, anchors p = 2 and p = 5, k = 3:
+THE FROZEN-EMBEDDING LOSS (--mode sat). loss = CE_sat + lambda * L_std. The standard
+tokens' embedding rows, the final norm and the output head are frozen; the SAT's
+embedding row and the transformer blocks train. L_std is cross-entropy on the data
+(default) or the KL divergence to the frozen starting model (--std-loss kl). Tied
+embeddings: the head *is* the embedding matrix, so its SAT row trains with the SAT
+embedding (only the SAT's own logit can move that way) and every other row stays frozen.
+--train-layers N trains only the top N blocks; --no-sat-row leaves an existing token's
+row as it is.
 
-    index     0  1  2  3  4  5  6  7 |  8  9 10 | 11 12 13
-    token    y0 y1 y2 y3 y4 y5 y6 y7 |  S  S  S |  S  S  S
-    position  0  1  2  3  4  5  6  7 |  3  4  5 |  6  7  8
-    label    y1 y2 y3 y4 y5 y6 y7 y8 | y4 y5 y6 | y7 y8  -    (- : past the window)
-
-    mask (row attends to column, x = yes)
-                0 1 2 3 4 5 6 7   8 9 10  11 12 13
-     0  y0      x
-     1  y1      x x
-     2  y2      x x x
-     3  y3      x x x x
-     4  y4      x x x x x
-     5  y5      x x x x x x
-     6  y6      x x x x x x x
-     7  y7      x x x x x x x x
-     8  S p=2   x x x             x
-     9  S p=2   x x x             x x
-    10  S p=2   x x x             x x x
-    11  S p=5   x x x x x x                 x
-    12  S p=5   x x x x x x                 x  x
-    13  S p=5   x x x x x x                 x  x  x
-
-THE FROZEN-EMBEDDING LOSS. loss = CE_sat + lambda * L_std. The standard tokens'
-embedding rows, the final norm and the output head are frozen; the SAT's embedding row
-and the transformer blocks train. L_std is cross-entropy on the data (default) or the KL
-divergence to the frozen starting model (--std-loss kl). Tied embeddings: the head *is*
-the embedding matrix, so its SAT row trains with the SAT embedding (only the SAT's own
-logit can move that way) and every other row stays frozen.
-
-A REAL MODEL ON A SMALL BUDGET (SDSAT.md section 11). --train-layers N trains only the
-top N blocks, so the fine-tune ships as those blocks (sat_delta.py). --no-sat-row takes an
-existing special token as the SAT and leaves its row alone: with every trainable weight
-in the top blocks, nothing below them needs a backward pass. --sat-labels model teaches
-SAT j of anchor p the model's own prediction at position p + j, which costs nothing (those
-logits are in the same forward) and is exactly what verification will check:
-
-    python train_sat.py --init models/smollm2-135m --data data/smollm2 --out runs/smol \
-        --train-layers 4 --no-sat-row --sat-token-id 6 --sat-labels model --no-bf16 ...
+THE ADAPTER (--mode adapter). Everything of the base is frozen, the head and the norms
+included; the standard tokens of a window run once without autograd and only the SAT
+groups carry gradients (sat.adapter_loss). --sat-labels model teaches SAT j of anchor p
+the model's own prediction at position p + j, the token verification will check.
 """
 
 import argparse
@@ -77,24 +61,22 @@ from dataclasses import asdict, dataclass
 if __name__ == "__main__":  # Ctrl-C while torch is still loading: exit quietly, status 130
     signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from model import (BASE_MODEL, CheckpointError, Llama, ModelArgs, atomic_write, init_weights, load_model,
-                   pick_device, save_model, write_json)
-from sat import sat_layout
-from tokenizer import FILES as TOKENIZER_FILES, tokenizer_hash
-
-IGNORE = -100  # label of positions without a target
+from adapter import new_adapter
+from checkpoint import load_adapter, load_model, save_adapter, save_model, write_json
+from machine import cpu_info, slow_bf16_warning
+from model import BASE_MODEL, CheckpointError, Llama, ModelArgs, init_weights
+from sat import IGNORE, adapter_forward, adapter_loss, choose_anchors, lm_loss, sat_batch, sat_loss
+from tokenizer import FILES as TOKENIZER_FILES
+from trainer import (TokenData, distributed, fmt_time, load_checkpoint, lr_at, save_checkpoint)
 
 
 @dataclass
 class TrainConfig:
-    mode: str = "sat"  # sat | sat-only | pretrain
+    mode: str = "sat"  # sat | adapter | sat-only | pretrain
     data: str = "data/stdlib-tests"
     out: str = "runs/sat"
     init: str | None = None  # model directory to start from (pretrain: None = random)
@@ -115,6 +97,8 @@ class TrainConfig:
     train_layers: int = 0  # sat mode: train only the top N blocks (0 = all); the rest stay frozen
     sat_row: bool = True  # train the SAT's embedding row; off: an existing token's row stays as it is, and
     #                       no gradient flows below the trained blocks (a much cheaper backward pass)
+    rank: int = 32  # adapter mode: rank of each linear layer's change
+    init_adapter: str | None = None  # adapter mode: start from this adapter directory's weights
     # optimisation
     seq_len: int = 512
     batch_size: int = 16  # per process
@@ -125,7 +109,7 @@ class TrainConfig:
     warmup: int = 50
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    bf16: bool = True
+    bf16: bool | None = None  # None: on CUDA and on CPUs with bf16 instructions, else float32
     grad_checkpointing: bool = False
     zero: bool = False  # shard AdamW's moments across ranks (torchrun only)
     seed: int = 1337
@@ -135,13 +119,15 @@ class TrainConfig:
     final_eval_tokens: int = 0  # held-out tokens of the final evaluation (0 = all of them)
     log_every: int = 10
     ckpt_minutes: float = 5.0
+    snapshot_minutes: float = 0.0  # adapter mode: keep the adapter every N minutes (the learning curve)
+    max_minutes: float = 0.0  # stop after this many minutes of training (0 = when --steps are done)
 
 
 # --help for every TrainConfig field (main() turns each field into an option), and the
 # values a field can take where it is a choice.
 HELP = {
-    "mode": "sat: SAT fine-tuning with the frozen-embedding loss; sat-only: train only the SAT's embedding row; "
-            "pretrain: plain next-token loss, every parameter trains",
+    "mode": "sat: SAT fine-tuning with the frozen-embedding loss; adapter: a SAT adapter on a frozen base; "
+            "sat-only: train only the SAT's embedding row; pretrain: plain next-token loss, every parameter trains",
     "data": "directory with train.bin, val.bin and corpus.json, made by corpus.py",
     "out": "run directory: checkpoint, report; the same command again resumes from it",
     "init": "model directory to start from (default: the demo base model for the sat modes, random weights "
@@ -170,7 +156,13 @@ HELP = {
     "warmup": "steps of linear warm-up",
     "weight_decay": "AdamW weight decay",
     "grad_clip": "maximum gradient norm",
-    "bf16": "bfloat16 autocast",
+    "bf16": "bfloat16 autocast (default: on with CUDA or a CPU with bf16 instructions, else float32)",
+    "rank": "adapter mode: rank of the low-rank change of every linear layer",
+    "init_adapter": "adapter mode: start from this adapter directory's weights, e.g. the shipped one when the "
+                    "run directory is gone (default: a new adapter)",
+    "max_minutes": "stop after this many minutes of training, as if --steps were done (0 = no limit)",
+    "snapshot_minutes": "adapter mode: save the adapter every N minutes of training into OUT/snapshots, for "
+                        "a learning curve; 0 = never",
     "grad_checkpointing": "recompute activations in the backward pass: less memory, more time",
     "zero": "shard AdamW's moments across ranks (torchrun only)",
     "seed": "seed of the data order and the anchors",
@@ -183,12 +175,12 @@ HELP = {
     "log_every": "steps between progress lines",
     "ckpt_minutes": "minutes between checkpoints",
 }
-CHOICES = {"mode": ["sat", "sat-only", "pretrain"], "std_loss": ["ce", "kl"], "sat_labels": ["data", "self", "model"]}
+CHOICES = {"mode": ["sat", "adapter", "sat-only", "pretrain"], "std_loss": ["ce", "kl"], "sat_labels": ["data", "self", "model"]}
 # The smallest value each number may take; 0 has a meaning where it is allowed (see HELP).
 MINIMUM = {"dim": 1, "n_layers": 1, "n_heads": 1, "ffn": 1, "k": 1, "anchors": 0, "std_weight": 0,
            "train_layers": 0, "seq_len": 2, "batch_size": 1, "grad_accum": 1, "steps": 0, "min_lr": 0,
            "warmup": 0, "weight_decay": 0, "grad_clip": 0, "eval_every": 1, "eval_tokens": 1,
-           "final_eval_tokens": 0, "log_every": 1, "ckpt_minutes": 0}
+           "final_eval_tokens": 0, "log_every": 1, "ckpt_minutes": 0, "rank": 1, "snapshot_minutes": 0, "max_minutes": 0}
 
 
 def check_config(cfg: "TrainConfig"):
@@ -200,154 +192,6 @@ def check_config(cfg: "TrainConfig"):
             raise SystemExit(f"error: --{name.replace('_', '-')} must be at least {least}, got {value}")
     if cfg.lr <= 0:
         raise SystemExit(f"error: --lr must be above 0, got {cfg.lr}")
-
-
-# ----------------------------------------------------------------------------- data
-
-
-class TokenData:
-    """train.bin / val.bin (uint16 token ids) and corpus.json, from corpus.py."""
-
-    def __init__(self, path: str):
-        for name in ("train.bin", "val.bin", "corpus.json"):
-            if not os.path.isfile(os.path.join(path, name)):
-                raise SystemExit(f"error: {path} has no {name}: run python corpus.py --out {path} --with-tests "
-                                 "--tokenizer MODEL (the model you will fine-tune; none to pretrain)")
-        self.train = np.memmap(os.path.join(path, "train.bin"), dtype=np.uint16, mode="r")
-        self.val = np.memmap(os.path.join(path, "val.bin"), dtype=np.uint16, mode="r")
-        with open(os.path.join(path, "corpus.json")) as f:
-            self.meta = json.load(f)
-        self.path = path
-
-    def check_tokenizer(self, model_dir: str):
-        """Refuse ids made by another tokenizer than the model's: they would train silently
-        on the wrong tokens (the loss just stays high)."""
-        try:
-            theirs = tokenizer_hash(model_dir)
-        except FileNotFoundError:
-            return  # a bare checkpoint (no tokenizer file): nothing to compare with
-        ours = self.meta.get("tokenizer_sha256") or tokenizer_hash(self.path)
-        if ours != theirs:
-            raise SystemExit(f"error: {self.path} was tokenized with another tokenizer than {model_dir}'s: "
-                             f"rebuild it with python corpus.py --out {self.path} --with-tests --tokenizer {model_dir}")
-
-    def batch(self, step: int, cfg: TrainConfig, rank: int = 0, world: int = 1) -> torch.Tensor:
-        """Windows [B, seq_len + 1] for step `step`: the same on every run, and the ranks of
-        a distributed run split one global batch between them."""
-        g = np.random.default_rng([cfg.seed, step])
-        starts = g.integers(0, len(self.train) - cfg.seq_len - 1, size=cfg.batch_size * world)
-        starts = starts[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
-        return torch.from_numpy(np.stack([self.train[s:s + cfg.seq_len + 1] for s in starts]).astype(np.int64))
-
-    def val_windows(self, seq_len: int, max_tokens: int | None):
-        """Consecutive non-overlapping windows [1, seq_len + 1] of the held-out stream."""
-        n = (len(self.val) - 1) // seq_len
-        if max_tokens:
-            n = min(n, max(1, max_tokens // seq_len))
-        for i in range(n):
-            yield torch.from_numpy(self.val[i * seq_len:(i + 1) * seq_len + 1].astype(np.int64))[None]
-
-
-# ----------------------------------------------------------------------------- the SAT layout
-
-
-def choose_anchors(step: int, cfg: TrainConfig, n: int, batch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
-    """Anchors [B, A], sorted, distinct, in [0, n - 1 - k] so every SAT has a label."""
-    last = n - 1 - cfg.k
-    if cfg.anchors == 0 or cfg.anchors > last:
-        return torch.arange(last + 1).expand(batch, -1)
-    g = np.random.default_rng([cfg.seed, step, 1])
-    rows = [np.sort(g.choice(last + 1, cfg.anchors, replace=False)) for _ in range(batch * world)]
-    return torch.from_numpy(np.stack(rows[rank * batch:(rank + 1) * batch]))
-
-
-def sat_batch(window: torch.Tensor, anchors: torch.Tensor, k: int, sat_id: int):
-    """Input ids, positions, mask, labels and offsets for windows [B, N + 1]."""
-    B, n = window.shape[0], window.shape[1] - 1
-    A = anchors.shape[1]
-    positions, mask = sat_layout(n, anchors, k)
-    j = torch.arange(1, k + 1, device=window.device).repeat(A).expand(B, -1)
-    target = anchors.repeat_interleave(k, dim=1) + 1 + j  # y index of SAT (p, j)'s label
-    sat_labels = window.gather(1, target.clamp(max=n)).masked_fill(target > n, IGNORE)
-    ids = torch.cat([window[:, :n], torch.full_like(sat_labels, sat_id)], 1)
-    labels = torch.cat([window[:, 1:], sat_labels], 1)
-    offsets = torch.cat([torch.zeros_like(window[:, :n]), j], 1)
-    return ids, positions, mask, labels, offsets
-
-
-@torch.no_grad()
-def greedy_continuation_labels(teacher: Llama, window: torch.Tensor, anchors: torch.Tensor, k: int):
-    """SAT labels from the starting model's own greedy continuation (self-distillation).
-
-    For anchor p the model would generate g1, g2, ... after y[0..p]; SAT j should predict
-    g_{j+1}. The SAT layout doubles as a branch layout: put g1..g_m in the group's slots
-    instead of SATs and one forward pass continues every branch at once (k + 1 passes).
-    """
-    B, n = window.shape[0], window.shape[1] - 1
-    A = anchors.shape[1]
-    positions, mask = sat_layout(n, anchors, k)
-    logits = teacher(window[:, :n])
-    g = [logits.gather(1, anchors[:, :, None].expand(-1, -1, logits.shape[-1])).argmax(-1)]  # g1 [B, A]
-    branch = torch.zeros(B, A, k, dtype=torch.long, device=window.device)
-    for m in range(1, k + 1):
-        branch[:, :, m - 1] = g[-1]
-        ids = torch.cat([window[:, :n], branch.reshape(B, A * k)], 1)
-        out = teacher(ids, positions=positions, mask=mask[:, :, n:], causal_prefix=n)[:, n:].reshape(B, A, k, -1)
-        g.append(out[:, :, m - 1].argmax(-1))  # the token after g_m
-    return torch.stack(g[1:], -1).reshape(B, A * k)  # SAT j's label: g_{j+1}
-
-
-# ----------------------------------------------------------------------------- losses
-
-
-def lm_loss(model: Llama, window: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """Mean next-token cross-entropy of windows [B, N + 1] (pretraining)."""
-    logits = model(window[:, :-1])
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), window[:, 1:].flatten())
-    return loss, {"ce": loss.item()}
-
-
-def sat_loss(model: Llama, window, anchors, cfg: TrainConfig, sat_id: int, teacher: Llama | None):
-    """CE_sat + lambda * L_std on one SAT-augmented batch; also CE per offset j."""
-    n = window.shape[1] - 1
-    ids, positions, mask, labels, offsets = sat_batch(window, anchors, cfg.k, sat_id)
-    if cfg.sat_labels == "self":
-        labels[:, n:] = greedy_continuation_labels(teacher, window, anchors, cfg.k)
-    logits = model(ids, positions=positions, mask=mask[:, :, n:], causal_prefix=n).float()  # [B, T, V]
-    if cfg.sat_labels == "model":
-        # SAT j of anchor p learns what the model itself predicts at standard position p + j
-        # (given the true text up to there): the token its verification pass will check.
-        # Free: those logits are in this very forward. Positions of SATs are p + j.
-        own = logits[:, :n].detach().argmax(-1).gather(1, positions[:, n:].clamp(max=n - 1))
-        labels[:, n:] = own.masked_fill(labels[:, n:] == IGNORE, IGNORE)
-    ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none")
-    ce = ce.view(labels.shape)
-    valid = labels != IGNORE
-    info, sat_terms, weights = {}, [], offset_weights(cfg)
-    for j in range(1, cfg.k + 1):
-        sel = valid & (offsets == j)
-        ce_j = ce[sel].mean()
-        info[f"ce_sat{j}"] = ce_j.item()
-        sat_terms.append(weights[j - 1] * ce_j)
-    ce_sat = sum(sat_terms) / sum(weights)
-    std_logits = logits[:, :n]
-    if cfg.std_loss == "kl":
-        with torch.no_grad():
-            ref = teacher(window[:, :n]).float().log_softmax(-1)
-        l_std = F.kl_div(std_logits.log_softmax(-1), ref, log_target=True, reduction="batchmean") / n
-    else:
-        l_std = ce[:, :n].mean()
-    info.update(ce_sat=ce_sat.item(), l_std=l_std.item(), ce_std=ce[:, :n].mean().item())
-    return ce_sat + cfg.std_weight * l_std, info
-
-
-def offset_weights(cfg: TrainConfig) -> list[float]:
-    if not cfg.offset_weights:
-        return [1.0] * cfg.k
-    w = [float(x) for x in cfg.offset_weights.split(",")]
-    if len(w) != cfg.k:
-        raise SystemExit(f"error: --offset-weights has {len(w)} values for k={cfg.k}")
-    return w
 
 
 @torch.no_grad()
@@ -367,7 +211,7 @@ def evaluate(model: Llama, data: TokenData, cfg: TrainConfig, max_tokens: int | 
         count += w.shape[1] - 1
     val = data.meta["splits"]["val"]
     out = {"val_loss": total / count, "val_tokens": count,
-           "val_bpb": total / count * val["tokens"] / val["bytes"] / math.log(2)}
+           "val_bpb": total / count * val["tokens"] / val["bytes"] / math.log(2) if val.get("bytes") else None}
     if sat_id is not None:
         hits, seen = torch.zeros(cfg.k), torch.zeros(cfg.k)
         for w in data.val_windows(cfg.seq_len, cfg.eval_tokens):
@@ -385,69 +229,34 @@ def evaluate(model: Llama, data: TokenData, cfg: TrainConfig, max_tokens: int | 
     return out
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-# ----------------------------------------------------------------------------- checkpoints
-#
-# runs/NAME/checkpoint.safetensors holds the float32 parameters, AdamW's moments and, in
-# its metadata, the step, the config and the log. One file, replaced atomically: a kill at
-# any moment leaves either the old checkpoint or the new one.
-
-
-def param_order(model: Llama, opt: torch.optim.Optimizer) -> list[str]:
-    """Parameter names in the optimizer's own numbering (the order of its param groups)."""
-    names = {p: n for n, p in model.named_parameters()}
-    return [names[p] for group in opt.param_groups for p in group["params"]]
-
-
-def save_checkpoint(path: str, model: Llama, opt: torch.optim.Optimizer, state: dict, rank: int = 0):
-    """Called on every rank: a sharded (ZeRO) optimizer first gathers its state on rank 0."""
-    if hasattr(opt, "consolidate_state_dict"):  # ZeroRedundancyOptimizer
-        opt.consolidate_state_dict(to=0)
-    if rank != 0:
-        return
-    tensors = {f"param.{n}": p.detach().cpu().contiguous() for n, p in model.named_parameters()}
-    order = param_order(model, opt)
-    for i, s in opt.state_dict()["state"].items():
-        for key in ("exp_avg", "exp_avg_sq", "step"):
-            tensors[f"adam.{key}.{order[i]}"] = s[key].detach().cpu().reshape(-1 if key == "step" else s[key].shape)
-    meta = {"state": json.dumps(state), "model_args": json.dumps(model.args.to_config())}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
-
-
-def load_checkpoint(path: str, model: Llama, opt: torch.optim.Optimizer) -> dict:
-    with safe_open(path, framework="pt") as f:
-        state = json.loads(f.metadata()["state"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            p.copy_(tensors[f"param.{n}"])
-    params = dict(model.named_parameters())
-    order = param_order(model, opt)
-    moments = {i: {"step": tensors[f"adam.step.{n}"].reshape(()),
-                   "exp_avg": tensors[f"adam.exp_avg.{n}"].to(params[n].device),
-                   "exp_avg_sq": tensors[f"adam.exp_avg_sq.{n}"].to(params[n].device)}
-               for i, n in enumerate(order) if f"adam.step.{n}" in tensors}
-    groups, i = [], 0
-    for group in opt.param_groups:
-        groups.append({**{k: v for k, v in group.items() if k != "params"},
-                       "params": list(range(i, i + len(group["params"])))})
-        i += len(group["params"])
-    opt.load_state_dict({"state": moments, "param_groups": groups})
-    return state
+@torch.no_grad()
+def evaluate_adapter(model: Llama, data: TokenData, cfg: TrainConfig, sat_id: int) -> dict:
+    """SAT top-1 per offset j over at most cfg.eval_tokens held-out tokens (an anchor at
+    every 4th position): against the model's own greedy choice ("sat_agree", what decides
+    acceptance) and against the text ("sat_top1"). The standard tokens' loss is the base's
+    by construction, so it is not measured again."""
+    dev = model.device
+    agree, top1, seen = torch.zeros(cfg.k), torch.zeros(cfg.k), torch.zeros(cfg.k)
+    for w in data.val_windows(cfg.seq_len, cfg.eval_tokens):
+        n = w.shape[1] - 1
+        anchors = torch.arange(0, n - cfg.k, 4, device=dev)[None]
+        logits, labels, own, offsets = adapter_forward(model, w.to(dev), anchors, cfg.k, sat_id)
+        guess = logits.argmax(-1)
+        for j in range(cfg.k):
+            at = (offsets == j + 1) & (labels != IGNORE)
+            agree[j] += (guess == own)[at].sum().item()
+            top1[j] += (guess == labels)[at].sum().item()
+            seen[j] += at.sum().item()
+    return {"sat_agree": (agree / seen).tolist(), "sat_top1": (top1 / seen).tolist()}
 
 
 # ----------------------------------------------------------------------------- what trains
 
 
 def build_model(cfg: TrainConfig, vocab_size: int, special: dict, device) -> Llama:
-    if cfg.init:
-        return load_model(cfg.init, device=device, dtype=torch.float32).train()
+    if cfg.init:  # a frozen base under bf16 autocast is kept in bf16: half the memory, same products
+        dtype = torch.bfloat16 if cfg.mode == "adapter" and cfg.bf16 else torch.float32
+        return load_model(cfg.init, device=device, dtype=dtype).train()
     if cfg.mode != "pretrain":
         raise SystemExit("error: --mode sat needs --init: the model to fine-tune")
     args = ModelArgs(hidden_size=cfg.dim, intermediate_size=cfg.ffn, num_hidden_layers=cfg.n_layers,
@@ -494,6 +303,27 @@ def setup_sat(model: Llama, cfg: TrainConfig) -> int:
     return sat_id
 
 
+def setup_adapter(model: Llama, cfg: TrainConfig) -> int:
+    """Freeze the whole base, put a new SAT adapter on it (or the one of --init-adapter);
+    returns the SAT id."""
+    sat_id = cfg.sat_token_id if cfg.sat_token_id is not None else model.args.sat_token_id
+    if sat_id is None:
+        raise SystemExit("error: --mode adapter needs --sat-token-id: an id of the vocabulary the model never "
+                         "writes (a spare special token); the adapter gives it an embedding of its own")
+    model.requires_grad_(False)
+    if cfg.init_adapter:
+        adapter = load_adapter(model, cfg.init_adapter, cfg.init, torch.float32)
+        if (adapter.rank, adapter.sat_id) != (cfg.rank, sat_id):
+            raise SystemExit(f"error: --init-adapter {cfg.init_adapter} has rank {adapter.rank} and SAT id "
+                             f"{adapter.sat_id}, not --rank {cfg.rank} and SAT id {sat_id}")
+        adapter.sat_k = cfg.k
+    else:
+        adapter = new_adapter(model, cfg.rank, sat_id, cfg.k, seed=cfg.seed, dtype=torch.float32)
+    model.args.sat_k = cfg.k
+    adapter.requires_grad_(True)
+    return sat_id
+
+
 def keep_frozen_rows(model: Llama, sat_id: int):
     """Zero the gradient of every embedding row but the SAT's (called after backward).
 
@@ -506,9 +336,10 @@ def keep_frozen_rows(model: Llama, sat_id: int):
         grad[sat_id] = sat_row
 
 
-def make_optimizer(model: Llama, cfg: TrainConfig, world: int = 1) -> torch.optim.Optimizer:
-    """AdamW. No weight decay on norms, and none on the embedding while SAT training
-    (decay would move the frozen rows). With --zero under torchrun, each rank keeps the
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, world: int = 1) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters of `model` (in adapter mode, the adapter). No
+    weight decay on norms and vectors, and none on the embedding while SAT training (decay
+    would move the frozen rows). With --zero under torchrun, each rank keeps the
     AdamW moments of its share of the parameters only (ZeRO stage 1)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -531,59 +362,61 @@ def special_ids(data_dir: str) -> dict:
             "sat_token_id": tok.piece_id(SAT_PIECE)}
 
 
-def fmt_time(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
-def distributed(name: str = "cpu") -> tuple[int, int, torch.device]:
-    """(rank, world size, device) for --device NAME; starts the process group under torchrun
-    (one GPU per process on cuda, gloo on cpu)."""
-    device = pick_device(name)
-    if "RANK" not in os.environ:
-        return 0, 1, device
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if name == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl")
-    else:
-        device = torch.device("cpu")
-        dist.init_process_group("gloo")
-    return rank, world, device
+def resolve_precision(cfg: TrainConfig, device: torch.device, log=print):
+    """--bf16 unset: bfloat16 autocast on CUDA and on a CPU with bf16 instructions, float32
+    on any other CPU (its bf16 matmuls take a slow path: 20x slower here). Says which."""
+    info = cpu_info() if device.type == "cpu" else None
+    fast = device.type == "cuda" or (info is not None and bool(info[1]))
+    if cfg.bf16 is None:
+        cfg.bf16 = fast
+        why = ("CUDA" if device.type == "cuda" else f"this CPU has {', '.join(info[1])}" if fast else
+               f"this CPU ({info[0] if info else 'unknown'}) has no bf16 instructions; --bf16 to use it anyway")
+        log(f"precision: {'bfloat16 autocast' if cfg.bf16 else 'float32'} ({why})")
+    elif cfg.bf16 and (warning := slow_bf16_warning(device)):
+        log(warning)
 
 
 def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
     check_config(cfg)
-    if cfg.mode not in ("sat", "sat-only", "pretrain"):
-        raise SystemExit(f"error: --mode {cfg.mode}: use sat, sat-only or pretrain")
+    if cfg.mode not in CHOICES["mode"]:
+        raise SystemExit(f"error: --mode {cfg.mode}: use {', '.join(CHOICES['mode'])}")
     if cfg.std_loss not in ("ce", "kl") or cfg.sat_labels not in ("data", "self", "model"):
         raise SystemExit("error: --std-loss is ce or kl; --sat-labels is data, self or model")
+    if cfg.mode == "adapter" and cfg.sat_labels == "self":
+        raise SystemExit("error: --mode adapter learns from --sat-labels data or model (for the model's own "
+                         "greedy text, train on a corpus written by distill.py)")
     device = device or torch.device("cpu")
     log = print if rank == 0 else (lambda *a, **k: None)
+    resolve_precision(cfg, device, log)
     data = TokenData(cfg.data)
     if cfg.init:
         data.check_tokenizer(cfg.init)
     ckpt_path = os.path.join(cfg.out, "checkpoint.safetensors")
-    model = build_model(cfg, data.meta["vocab_size"], special_ids(cfg.data), device)
+    model = build_model(cfg, data.meta["vocab_size"], {} if cfg.init else special_ids(cfg.data), device)
     model.grad_checkpointing = cfg.grad_checkpointing
-    sat_id, teacher = None, None
-    if cfg.mode != "pretrain":
+    sat_id, teacher, trained = None, None, model  # trained: the module whose parameters train
+    if cfg.mode == "adapter":
+        sat_id = setup_adapter(model, cfg)
+        trained = model.adapter
+    elif cfg.mode != "pretrain":
         if cfg.std_loss == "kl" or cfg.sat_labels == "self":
             teacher = copy.deepcopy(model).eval().requires_grad_(False)  # the frozen start
             if cfg.bf16:  # it only runs under bf16 autocast: half the memory, same matmuls
                 teacher = teacher.to(torch.bfloat16)
         sat_id = setup_sat(model, cfg)
-    opt = make_optimizer(model, cfg, world)
-    trainable = sum(p.numel() for n, p in model.named_parameters()
-                    if p.requires_grad and (cfg.mode == "pretrain" or n != "embed_tokens.weight"))
-    trainable += model.args.hidden_size if cfg.mode != "pretrain" and cfg.sat_row else 0  # the SAT row
+    opt = make_optimizer(trained, cfg, world)
+    if cfg.mode == "adapter":
+        trainable = sum(p.numel() for p in trained.parameters())
+    else:
+        trainable = sum(p.numel() for n, p in model.named_parameters()
+                        if p.requires_grad and (cfg.mode == "pretrain" or n != "embed_tokens.weight"))
+        trainable += model.args.hidden_size if cfg.mode != "pretrain" and cfg.sat_row else 0  # the SAT row
     state = {"step": 0, "tokens": 0, "elapsed": 0.0, "log": [], "config": asdict(cfg)}
     if os.path.isfile(ckpt_path):
-        state = load_checkpoint(ckpt_path, model, opt)
+        state = load_checkpoint(ckpt_path, trained, opt)
         changed = {k: (v, state["config"].get(k)) for k, v in asdict(cfg).items() if state["config"].get(k) != v}
         if changed and state["step"] < cfg.steps:  # training goes on, under the new settings
             log("note: settings changed since the checkpoint: "
@@ -592,7 +425,10 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
         log(f"resumed from {ckpt_path} at step {state['step']}")
     elif rank == 0:
         os.makedirs(cfg.out, exist_ok=True)
-        state["start"] = evaluate(model, data, cfg, cfg.eval_tokens, sat_id) if cfg.mode != "pretrain" else {}
+        state["start"] = (evaluate_adapter(model, data, cfg, sat_id) if cfg.mode == "adapter" else
+                          evaluate(model, data, cfg, cfg.eval_tokens, sat_id) if cfg.mode != "pretrain" else {})
+        if cfg.init_adapter:  # the learning curve's clock goes on from the adapter's own training
+            state["elapsed_before"] = adapter_minutes(cfg.init_adapter) * 60
     # gradient_as_bucket_view: DDP's all-reduce buckets are the .grad tensors, not a copy.
     ddp = torch.nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=True) if world > 1 else model
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len * world
@@ -603,7 +439,10 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16)
     t_start = t_ckpt = time.time()
     elapsed0, step0 = state["elapsed"], state["step"]
-    while state["step"] < cfg.steps:
+    last = cfg.steps  # the final step: --steps, or the one at which --max-minutes ran out
+    if cfg.max_minutes and state["elapsed"] >= cfg.max_minutes * 60:
+        last = state["step"]
+    while state["step"] < last:
         step = state["step"]
         lr = lr_at(step, cfg)
         for group in opt.param_groups:
@@ -611,19 +450,22 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
         info_sum = {}
         for micro in range(cfg.grad_accum):
             s = step * cfg.grad_accum + micro
-            window = data.batch(s, cfg, rank, world)
+            window = data.batch(s, cfg, rank, world).to(device)
             with autocast:
                 if cfg.mode == "pretrain":
-                    loss, info = lm_loss(ddp, window.to(device))
+                    loss, info = lm_loss(ddp, window)
                 else:
-                    anchors = choose_anchors(s, cfg, cfg.seq_len, cfg.batch_size, rank, world)
-                    loss, info = sat_loss(ddp, window.to(device), anchors.to(device), cfg, sat_id, teacher)
+                    anchors = choose_anchors(s, cfg, cfg.seq_len, cfg.batch_size, rank, world).to(device)
+                    if cfg.mode == "adapter":
+                        loss, info = adapter_loss(model, window, anchors, cfg, sat_id, ddp)
+                    else:
+                        loss, info = sat_loss(ddp, window, anchors, cfg, sat_id, teacher)
             (loss / cfg.grad_accum).backward()
             for key, v in info.items():
                 info_sum[key] = info_sum.get(key, 0.0) + v / cfg.grad_accum
-        if sat_id is not None:
+        if sat_id is not None and cfg.mode != "adapter":
             keep_frozen_rows(model, sat_id)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         state["step"] += 1
@@ -631,33 +473,68 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
         now = time.time()
         state["elapsed"] = elapsed0 + now - t_start
         done = state["step"]
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        if cfg.max_minutes and state["elapsed"] >= cfg.max_minutes * 60:
+            last = done
+        if done % cfg.log_every == 0 or done == last:
             rate = (done - step0) * tokens_per_step / (now - t_start)
             eta = (cfg.steps - done) * tokens_per_step / rate
             detail = "  ".join(f"{k} {v:.3f}" for k, v in info_sum.items())
             log(f"step {done}/{cfg.steps}  {detail}  lr {lr:.2e}  {rate:.0f} tok/s  "
                 f"elapsed {fmt_time(state['elapsed'])}  eta {fmt_time(eta)}", flush=True)
         # Every rank takes part in a checkpoint (ZeRO gathers); rank 0's clock decides when.
-        due = torch.tensor([now - t_ckpt > cfg.ckpt_minutes * 60 or done == cfg.steps], device=device)
+        due = torch.tensor([now - t_ckpt > cfg.ckpt_minutes * 60 or done == last], device=device)
         if world > 1:
             dist.broadcast(due, 0)
         if due.item():
-            save_checkpoint(ckpt_path, model, opt, state, rank)  # before the long final evaluation
+            save_checkpoint(ckpt_path, trained, opt, state, rank)  # before the long final evaluation
             t_ckpt = time.time()
-        if rank == 0 and (done % cfg.eval_every == 0 or done == cfg.steps):
-            final = cfg.final_eval_tokens or None
-            ev = evaluate(model, data, cfg, final if done == cfg.steps else cfg.eval_tokens, sat_id)
+        if rank == 0 and cfg.mode == "adapter" and cfg.snapshot_minutes:
+            take_snapshot(model, state, cfg, final=done == last)
+        if rank == 0 and (done % cfg.eval_every == 0 or done == last):
+            if cfg.mode == "adapter":
+                ev = evaluate_adapter(model, data, cfg, sat_id)
+                line = "SAT agrees with the model " + " ".join(f"{a:.2f}" for a in ev["sat_agree"])
+            else:
+                final = cfg.final_eval_tokens or None
+                ev = evaluate(model, data, cfg, final if done == last else cfg.eval_tokens, sat_id)
+                line = f"val loss {ev['val_loss']:.4f}" + (f"  bpb {ev['val_bpb']:.4f}" if ev['val_bpb'] else "")
+            line += f"  SAT top-1 {' '.join(f'{a:.2f}' for a in ev['sat_top1'])}" if "sat_top1" in ev else ""
             state["log"].append({"step": done, **info_sum, **ev, "elapsed": state["elapsed"]})
-            log(f"eval step {done}: val loss {ev['val_loss']:.4f}  bpb {ev['val_bpb']:.4f}"
-                + (f"  SAT top-1 {' '.join(f'{a:.2f}' for a in ev['sat_top1'])}" if "sat_top1" in ev else ""),
-                flush=True)
-        if done == cfg.steps:
-            save_checkpoint(ckpt_path, model, opt, state, rank)  # again, now with the final evaluation
+            log(f"eval step {done}: {line}", flush=True)
+        if done == last:
+            save_checkpoint(ckpt_path, trained, opt, state, rank)  # again, now with the final evaluation
     return model, state
 
 
+def adapter_minutes(path: str) -> float:
+    """Minutes of training behind an adapter directory, from its training.json (0 if none)."""
+    report = os.path.join(path, "training.json")
+    if not os.path.isfile(report):
+        return 0.0
+    with open(report) as f:
+        r = json.load(f)
+    return (r.get("elapsed_before", 0.0) + r.get("elapsed", 0.0)) / 60
+
+
+def take_snapshot(model: Llama, state: dict, cfg: TrainConfig, final: bool = False):
+    """Keep the adapter (float32) every --snapshot-minutes, and at the end, named by its
+    minutes of training."""
+    minutes = (state.get("elapsed_before", 0.0) + state["elapsed"]) / 60
+    last = state.setdefault("snapshots", [])
+    if last and minutes - last[-1]["minutes"] < cfg.snapshot_minutes and not final:
+        return
+    path = os.path.join(cfg.out, "snapshots", f"min{minutes:07.2f}")
+    save_adapter(model, path, cfg.init, torch.float32, {"step": state["step"], "minutes": minutes})
+    last.append({"step": state["step"], "minutes": minutes, "path": path})
+
+
 def export(model: Llama, state: dict, cfg: TrainConfig, path: str):
-    """The trained model in Hugging Face layout (bf16), with its tokenizer and reports."""
+    """The trained model in Hugging Face layout (bf16), with its tokenizer and reports; in
+    adapter mode the adapter alone (bf16), naming its base."""
+    if cfg.mode == "adapter":
+        save_adapter(model, path, cfg.init, torch.bfloat16, dict(state))
+        print(f"exported the adapter to {path} (its base: {cfg.init})")
+        return
     save_model(model, path, dtype=torch.bfloat16)
     for name in TOKENIZER_FILES + ("tokenizer_config.json", "corpus.json"):
         if os.path.isfile(os.path.join(cfg.data, name)):
@@ -679,12 +556,13 @@ def main():
     for f in TrainConfig.__dataclass_fields__.values():
         flag = "--" + f.name.replace("_", "-")
         text = HELP[f.name] if "default" in HELP[f.name] else HELP[f.name] + " (default: %(default)s)"
-        if f.type is bool:
+        if f.type in (bool, bool | None):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
         else:
             kind = f.type if f.type in (int, float) else int if "int" in str(f.type) else str
             p.add_argument(flag, type=kind, default=f.default, choices=CHOICES.get(f.name), help=text)
-    p.add_argument("--export", default=None, help="after training, save the model (bf16) here (default: no export)")
+    p.add_argument("--export", default=None, help="after training, save the model (bf16) here; in adapter mode "
+                                                   "the adapter alone (default: no export)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default: %(default)s)")
     a = vars(p.parse_args())

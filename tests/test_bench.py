@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import bench
-from decode import TREE_DEPTH5, build_tree
+from decode_tree import TREE_DEPTH5, build_tree
 from model import Llama, ModelArgs, init_weights
 from sampling import Warper
 
@@ -66,7 +66,7 @@ def test_projection_arithmetic():
 
 def test_random_checkpoint_loads_strictly(tmp_path):
     import random_checkpoint
-    from model import load_model
+    from checkpoint import load_model
     config = {**random_checkpoint.CODELLAMA, "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 3,
               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 300, "sat_token_id": 299}
     names = random_checkpoint.write_random_checkpoint(config, str(tmp_path), shard_gib=60_000 / 2**30)

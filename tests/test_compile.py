@@ -1,20 +1,24 @@
-"""The compiled static-shape path (model.StaticModel) against the eager reference.
+"""The compiled static-shape path (compiled.StaticModel) against the eager reference.
 
 The anchors: the static network, fed a cache full of stale entries, gives the eager
 forward's logits; compiled greedy decoding emits exactly the eager tokens for every
-method, and leaves the same cache; after one generation per method, nothing compiles
-again. One tiny model and one StaticModel serve the whole file, so each block width is
-compiled once: 1 (AR), 6 (two-step k = 5 and every draft pass), 29 (the depth-5 tree)
-and 36 (fused k = 5).
+method, and leaves the same cache; compiled two-step, tree and fused decoding emit exactly
+compiled AR's tokens; after one generation per method, nothing compiles again. One tiny
+model and one StaticModel serve the whole file, so each block width is compiled once: 1
+(AR), 6 (two-step k = 5 and every draft pass), 29 (the depth-5 tree) and 36 (fused k = 5),
+each as two graphs (the block, shared by every layer, and the head).
 """
 
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from decode import (TREE_DEPTH5, build_tree, generate_ar, generate_fused, generate_sdsat, generate_sdsat_tree,
-                    prefill)
-from model import StaticModel, causal_mask, static_step
+from compiled import StaticModel
+from decode import generate_ar, generate_sdsat
+from decode_common import prefill
+from decode_fused import generate_fused
+from decode_tree import TREE_DEPTH5, build_tree, generate_sdsat_tree
+from model import causal_mask
 from sampling import Warper
 from test_decode import tiny_model
 
@@ -59,28 +63,28 @@ def compiled(device):
 
 
 def test_static_network_ignores_stale_slots(device):
-    """Uncompiled: the static step over a whole cache whose unused slots hold garbage
+    """Uncompiled: the static path over a whole cache whose unused slots hold garbage
     gives the eager forward's logits, for the causal default and an explicit mask."""
     model = tiny_model(seed=2, device=device)
-    eager, static = model.new_cache(32), model.new_cache(32)
-    for cache in (eager, static):
+    static = StaticModel(model, 32, compile=False)
+    eager = model.new_cache(32)
+    for cache in (eager, static.cache):
         for t in cache.k + cache.v:
             t.normal_(generator=torch.Generator(device).manual_seed(0))  # garbage everywhere
     prompt, block = torch.tensor([[3, 1, 4, 1, 5, 9]], device=device), torch.tensor([[2, 6, 5]], device=device)
     with torch.no_grad():
-        for cache in (eager, static):
+        for cache in (eager, static.cache):
             model(prompt, cache=cache)
-        slots = torch.arange(6, 9, device=device)
         # a mask that is not causal: the last new token does not see the one before it
         mask = causal_mask(6, 3, device).clone()
         mask[..., 2, 7] = False
-        full = torch.nn.functional.pad(mask, (0, 32 - 9), value=False)
-        for m, m_full in ((None, None), (mask, full)):
+        for m in (None, mask):
             eager.truncate(6)
+            static.cache.truncate(6)
             want = model(block, mask=m, cache=eager)
-            got = static_step(model, block, None, m_full, static, slots)
+            got = static(block, mask=m, cache=static.cache)
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-            assert static.length == 6  # the static step leaves the length to its caller
+            assert static.cache.length == 9
         assert not torch.equal(got, model(block, cache=model.new_cache(32)))  # the cache mattered
 
 
@@ -100,11 +104,20 @@ def test_compiled_greedy_equals_eager(compiled, method):
                                    atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["sdsat", "tree", "fused"])
+def test_compiled_speculative_equals_compiled_ar(compiled, method):
+    model, static, _, _ = compiled
+    for prompt in (PROMPT, OTHER_PROMPT):
+        want, _ = decode(static, model, static.cache, prompt, "ar", 60)
+        tokens, stats = decode(static, model, static.cache, prompt, method, 60)
+        assert tokens == want and stats.iterations > 0
+
+
 def test_each_width_compiles_once_and_never_again(compiled):
     model, static, new_graphs, _ = compiled
-    # The warm-up compiled one graph per new width: the tree's and the fused method's
-    # draft passes reuse the two-step width 1 + k.
-    assert new_graphs == {"ar": 1, "sdsat": 1, "tree": 1, "fused": 1}
+    # The warm-up compiled two graphs (block, head) per new width: the tree's and the fused
+    # method's draft passes reuse the two-step width 1 + k; every layer uses the one block graph.
+    assert new_graphs == {"ar": 2, "sdsat": 2, "tree": 2, "fused": 2}
     before = graphs()
     for method in METHODS:  # another prompt, another budget, other cache lengths
         decode(static, model, static.cache, OTHER_PROMPT, method, 70)

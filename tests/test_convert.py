@@ -24,7 +24,8 @@ gguf = pytest.importorskip("gguf")
 from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
 import convert_gguf  # noqa: E402
-from model import BASE_MODEL, Llama, ModelArgs, init_weights, load_model  # noqa: E402
+from checkpoint import load_model
+from model import BASE_MODEL, Llama, ModelArgs, init_weights  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-import decode
-from decode import (TREE_DEPTH5, build_tree, fused_layout, generate_ar, generate_fused, generate_hybrid,
-                    generate_lookup, generate_sdsat, generate_sdsat_tree, lookup_drafts, prefill)
+import decode_common
+from decode import generate_ar, generate_sdsat
+from decode_common import prefill
+from decode_fused import fused_layout, generate_fused
+from decode_lookup import generate_hybrid, generate_lookup, lookup_drafts
+from decode_tree import TREE_DEPTH5, build_tree, generate_sdsat_tree
 from model import KVCache, Llama, ModelArgs, init_weights
 from sampling import Warper, sample
 
@@ -422,7 +425,7 @@ def test_official_biased_rule_fails_the_same_test(monkeypatch, device):
     model = sampling_model(device=device)
     warper = Warper(temperature=1.0)
     dist = exact_tokens23_dist(model, SAMPLING_PROMPT, warper)
-    monkeypatch.setattr(decode, "accept_drafts", biased_accept)
+    monkeypatch.setattr(decode_common, "accept_drafts", biased_accept)
     counts = sampled_tokens23_counts(model, SAMPLING_PROMPT, "sdsat", warper, model.args.sat_token_id)
     chi2 = chi_square(counts, dist, N_RUNS)
     assert chi2 > chi2_999(len(dist) - 1), chi2  # measured: 65 against a threshold of 37.8

@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from corpus import read_text, stdlib_root
-from decode import generate_ar, generate_fused, generate_sdsat, prefill
-from model import BASE_MODEL as BASE, SAT_MODEL as SAT, load_model
+from decode import generate_ar, generate_sdsat
+from decode_common import prefill
+from decode_fused import generate_fused
+from checkpoint import load_model
+from model import BASE_MODEL as BASE, SAT_MODEL as SAT
 from sampling import Warper
 from tokenizer import SAT_PIECE, Tokenizer
 

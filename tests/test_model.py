@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import model
-from model import CheckpointError, KVCache, ModelArgs, causal_mask, load_model, save_model
+from checkpoint import load_model, save_model
+from model import CheckpointError, KVCache, ModelArgs, causal_mask
 
 VOCAB = 100
 BASE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

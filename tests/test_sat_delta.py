@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import sat_delta
-from model import CheckpointError, Llama, ModelArgs, init_weights, load_model, save_model
+from checkpoint import load_model, save_model
+from model import CheckpointError, Llama, ModelArgs, init_weights
 
 
 def tiny(seed=0) -> Llama:

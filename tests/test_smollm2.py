@@ -12,8 +12,11 @@ import sysconfig
 import pytest
 import torch
 
-from decode import generate_ar, generate_sdsat, prefill
-from model import MODELS_DIR, load_model
+from decode import generate_ar, generate_sdsat
+
+from decode_common import prefill
+from checkpoint import load_model
+from model import MODELS_DIR
 from sampling import Warper
 from tokenizer import Tokenizer
 

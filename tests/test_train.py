@@ -13,10 +13,15 @@ from safetensors import safe_open
 
 from conftest import assert_same_on_cpu_close_on_cuda, stdlib_corpus
 import train_sat
-from decode import generate_ar, prefill
-from model import Llama, ModelArgs, init_weights, load_model, save_model
+import trainer
+from decode import generate_ar
+from decode_common import prefill
+from checkpoint import load_model, save_model
+from model import Llama, ModelArgs, init_weights
 from sampling import Warper
-from train_sat import IGNORE, TrainConfig, sat_batch, sat_layout
+import sat
+from sat import IGNORE, sat_batch
+from train_sat import TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,7 +130,7 @@ def test_self_distillation_labels_are_the_greedy_continuation(device):
     window = torch.randint(5, 50, (2, 33), generator=torch.Generator().manual_seed(4)).to(device)
     anchors = torch.tensor([[3, 10, 20], [0, 7, 28]], device=device)
     k = 3
-    labels = train_sat.greedy_continuation_labels(teacher, window, anchors, k).view(2, 3, k)
+    labels = sat.greedy_continuation_labels(teacher, window, anchors, k).view(2, 3, k)
     for b in range(2):
         for a, p in enumerate(anchors[b].tolist()):
             cache = teacher.new_cache(64)
@@ -216,9 +221,9 @@ def test_kl_std_loss_is_zero_at_the_start(data_dir, init_dir, device):
     cfg = small_cfg(data_dir, init_dir, "unused", std_loss="kl")
     model = load_model(init_dir, device=device)
     teacher = load_model(init_dir, device=device)
-    window = train_sat.TokenData(data_dir).batch(0, cfg).to(device)
-    anchors = train_sat.choose_anchors(0, cfg, cfg.seq_len, cfg.batch_size).to(device)
-    _, info = train_sat.sat_loss(model, window, anchors, cfg, 4, teacher)
+    window = trainer.TokenData(data_dir).batch(0, cfg).to(device)
+    anchors = sat.choose_anchors(0, cfg, cfg.seq_len, cfg.batch_size).to(device)
+    _, info = sat.sat_loss(model, window, anchors, cfg, 4, teacher)
     assert abs(info["l_std"]) < 1e-6 and info["ce_std"] > 1
 
 

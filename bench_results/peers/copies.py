@@ -12,8 +12,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import bench  # noqa: E402
 from bench import Method  # noqa: E402
-from decode import TREE_DEPTH5, build_tree  # noqa: E402
-from model import DEFAULT_MODEL, DTYPES, load_model  # noqa: E402
+from decode_tree import TREE_DEPTH5, build_tree  # noqa: E402
+from checkpoint import load_model
+from model import DEFAULT_MODEL, DTYPES  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
 torch.set_num_threads(1)

@@ -13,8 +13,15 @@ import time
 sys.path.insert(0, os.getcwd())
 import torch  # noqa: E402
 
-from decode import TREE_DEPTH5, build_tree, generate_ar, generate_fused, generate_sdsat, generate_sdsat_tree, prefill  # noqa: E402,E501
-from model import SAT_MODEL, load_model  # noqa: E402
+from decode import generate_ar, generate_sdsat
+
+from decode_common import prefill
+
+from decode_fused import generate_fused
+
+from decode_tree import TREE_DEPTH5, build_tree, generate_sdsat_tree  # noqa: E402,E501
+from checkpoint import load_model
+from model import SAT_MODEL  # noqa: E402
 from sampling import Warper  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 

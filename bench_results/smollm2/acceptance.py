@@ -15,8 +15,9 @@ sys.path.insert(0, os.getcwd())
 import torch  # noqa: E402
 
 from bench import heldout_prompts, humaneval_prompts  # noqa: E402
-from decode import generate_sdsat, prefill  # noqa: E402
-from model import load_model  # noqa: E402
+from decode import generate_sdsat
+from decode_common import prefill  # noqa: E402
+from checkpoint import load_model  # noqa: E402
 from sampling import Warper  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 

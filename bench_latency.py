@@ -1,0 +1,209 @@
+"""What one forward pass costs, and how far that is from the machine's floor.
+
+On a GPU a pass of a few tokens costs about what a pass of one costs: reading the weights
+dominates (memory-bound). Where that holds, SDSAT's (1 + k)-token passes are nearly free;
+where it does not, every token fed is paid for. bench.py prints this curve beside every
+benchmark, and `bench.py --latency-only` measures it on any checkpoint:
+
+  latency(T)   median time of one forward of T new tokens after a cache of `prefix` tokens
+  floor(T)     max(bytes read / memory bandwidth, FLOPs / matrix-product peak), both
+               measured in the same process: the time no implementation can beat
+  x floor      latency / floor: how far this forward is from the machine's limit
+
+Bytes read: every weight a forward touches (the blocks, the final norm, the head; of the
+embedding only T rows, unless it is tied to the head) and the cached keys and values.
+"""
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+from bench_report import environment, environment_line, latency_markdown
+from checkpoint import write_json, write_text
+from decode import generate_ar, load_or_exit
+from machine import gemm_peak, memory_bandwidth, now, slow_bf16_warning
+from model import DTYPES, KVCache, Llama
+from sampling import Warper
+
+
+@torch.inference_mode()
+def forward_latency(model: Llama, sizes: list[int], prefix: int = 128, reps: int = 15, static=None) -> dict:
+    """Median time of one forward of T new tokens after a `prefix`-token cache; with
+    `static` (compiled.StaticModel) through its compiled graphs, compiling each width first."""
+    dev = model.device
+    cache = static.cache if static else model.new_cache(prefix + max(sizes))
+    cache.truncate(0)
+    model(torch.ones(1, prefix, dtype=torch.long, device=dev), cache=cache)
+    run = static or model
+    out = {}
+    for T in sizes:
+        x = torch.ones(1, T, dtype=torch.long, device=dev)
+        times = []
+        for _ in range(reps + 2):
+            cache.truncate(prefix)
+            t0 = now(dev)
+            run(x, cache=cache)
+            times.append(now(dev) - t0)
+        out[T] = statistics.median(times[2:])
+    return out
+
+
+def forward_work(model: Llama, T: int, prefix: int) -> tuple[float, float]:
+    """(bytes read, FLOPs) of one forward of T tokens after `prefix` cached ones."""
+    a, item = model.args, model.dtype.itemsize
+    params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("adapter."))
+    embedding = a.vocab_size * a.hidden_size
+    read = params - (0 if a.tie_word_embeddings else embedding) + T * a.hidden_size  # the rows looked up
+    matmul = params - (0 if a.tie_word_embeddings else embedding)  # every weight but a lookup table multiplies
+    keys = prefix + T
+    cache_bytes = 2 * a.num_hidden_layers * a.num_key_value_heads * a.head_dim * keys * item
+    attention = 4 * a.num_hidden_layers * a.num_attention_heads * a.head_dim * T * keys  # scores and sum
+    return read * item + cache_bytes, 2 * T * matmul + attention
+
+
+def floors(model: Llama, sizes: list[int], prefix: int) -> dict:
+    """The machine's probes and each width's floor (module docstring)."""
+    dev = model.device
+    bandwidth, peak = memory_bandwidth(dev), gemm_peak(dev, model.dtype)
+    out = {"bandwidth_bytes_per_s": bandwidth, "gemm_flops_per_s": peak, "widths": {}}
+    for T in sizes:
+        nbytes, flops = forward_work(model, T, prefix)
+        out["widths"][T] = {"bytes": nbytes, "flops": flops, "floor_s": max(nbytes / bandwidth, flops / peak),
+                            "bound": "memory" if nbytes / bandwidth >= flops / peak else "compute"}
+    return out
+
+
+class ConstantModel:
+    """Stands in for the model in generate_ar: answers every forward with the same logits
+    at no cost, so timing the loop with it measures the Python loop alone."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+
+    def __call__(self, tokens, cache=None, **_):
+        cache.length += tokens.shape[1]
+        return self.logits.expand(1, tokens.shape[1], -1)
+
+
+def ar_loop_overhead(model: Llama, n: int = 256) -> float:
+    """Seconds per token that the autoregressive loop spends outside the forward pass."""
+    stub = ConstantModel(torch.zeros(1, 1, model.args.vocab_size, device=model.device, dtype=model.dtype))
+    best = float("inf")
+    for _ in range(5):
+        cache = KVCache(model.args, 1, device=model.device, dtype=model.dtype)
+        cache.max_len = n + 1  # the stub writes nothing, so no memory is needed
+        t0 = now(model.device)
+        tokens, stats = generate_ar(stub, cache, stub.logits[0, 0], n, Warper())
+        best = min(best, (now(model.device) - t0) / stats.forwards)
+    return best
+
+
+def projected_speedups(lat: dict, reference: dict) -> list[dict]:
+    """What the tokens per forward measured in a reference run would give with this
+    model's forward costs: speedup = tokens per forward x T(1) / T(tokens fed per forward).
+    Two-step feeds 1 + k tokens in both of its forwards; fused feeds 1 + k + (k + 1) k."""
+    out = []
+    for dtype, res in reference["results"].items():
+        for set_name, rows in res["sets"].items():
+            for name, r in rows.items():
+                if (name.startswith("_") or r["kind"] not in ("chain", "fused") or r["temperature"] != 0
+                        or r.get("compiled")):  # a compiled row's tokens per forward are the eager row's
+                    continue
+                fed = r["tokens_fed_per_forward"]
+                out.append({"set": set_name, "dtype": dtype, "method": name, "tokens_per_forward": r["tokens_per_forward"],
+                            "tokens_fed": fed, "cost_ratio": lat[fed] / lat[1],
+                            "projected_speedup": r["tokens_per_forward"] * lat[1] / lat[fed]})
+    return out
+
+
+def latency_only(a, device: torch.device):
+    """--latency-only: time forwards of a few sizes on any checkpoint (no tokenizer needed),
+    eager and, with --compile, compiled; beside each, its floor. With --project-from, the
+    speedups a benchmark's tokens per forward would give with these costs."""
+    from compiled import StaticModel
+    reference, fed = None, set()
+    if a.project_from:
+        try:
+            with open(a.project_from) as f:
+                reference = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise SystemExit(f"error: --project-from {a.project_from}: {e}")
+        fed = {r["tokens_fed_per_forward"] for res in reference["results"].values()
+               for rows in res["sets"].values() for n, r in rows.items() if not n.startswith("_")}
+    sizes = sorted(set(a.sizes) | {1} | fed - {None})
+    record = {"environment": environment(device), "model": os.path.abspath(a.model), "prefix": a.prefix, "results": {}}
+    if reference:
+        record["projected_from"] = {"path": os.path.abspath(a.project_from), "model": reference["model"]}
+    if "bfloat16" in a.dtype and (warning := slow_bf16_warning(device)):
+        print(warning, file=sys.stderr)
+    for dtype in a.dtype:
+        t0 = time.perf_counter()
+        model = load_or_exit(a.model, device, DTYPES[dtype])
+        params = sum(p.numel() for p in model.parameters())
+        print(f"{dtype}: {params / 1e6:.0f}M parameters loaded in {time.perf_counter() - t0:.1f}s "
+              f"(peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB); "
+              f"timing {len(sizes)} sizes x {a.reps} forwards", file=sys.stderr)
+        res = {"parameters": params, "forward_latency_s": forward_latency(model, sizes, a.prefix, a.reps),
+               "floor": floors(model, sizes, a.prefix)}
+        if a.compile:
+            static = StaticModel(model, a.prefix + max(sizes))
+            res["compile_s"] = static.warm_up(sizes)
+            res["compiled_latency_s"] = forward_latency(model, sizes, a.prefix, a.reps, static)
+            del static
+        if reference:
+            res["projection"] = projected_speedups(res["forward_latency_s"], reference)
+        record["results"][dtype] = res
+        del model
+    table = latency_markdown(record)
+    print(table)
+    os.makedirs(a.out, exist_ok=True)
+    write_json(os.path.join(a.out, "latency.json"), record)
+    write_text(os.path.join(a.out, "latency.md"), environment_line(record["environment"]) + table + "\n")
+    print(f"\nwrote {a.out}/latency.json and latency.md", file=sys.stderr)
+
+
+def profile_sampling(model_dir: str, device: torch.device, dtype: torch.dtype, new_tokens: int):
+    """--profile-sampling: where sampled decoding spends its time, inside the model's
+    forward (a timer around every call) or outside it (warping, sampling, the rule that
+    accepts drafts, host syncs). Three runs of `new_tokens` from one prompt per method."""
+    from decode import generate_sdsat
+    from decode_common import prefill
+    from decode_fused import generate_fused
+    from decode_tree import TREE_DEPTH5, build_tree, generate_sdsat_tree
+    from tokenizer import Tokenizer
+    model = load_or_exit(model_dir, device, dtype)
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "decode.py")) as f:
+        prompt = Tokenizer(model_dir).encode(f.read()[2000:4000])[:200]
+    inside = [0.0]
+
+    def timed(*args, **kwargs):
+        t0 = now(device)
+        out = model(*args, **kwargs)
+        inside[0] += now(device) - t0
+        return out
+    timed.device, timed.dtype, timed.args = model.device, model.dtype, model.args  # what the loops read
+    sat, tree = model.args.sat_token_id, build_tree(TREE_DEPTH5, device)
+    for t in (0.2, 1.0):
+        w = Warper(temperature=t, top_p=0.95)
+        loops = {"ar": lambda c, x, g: generate_ar(timed, c, x, new_tokens, w, (), g),
+                 "sdsat k=5": lambda c, x, g: generate_sdsat(timed, c, x, new_tokens, w, 5, sat, (), g),
+                 "fused k=2": lambda c, x, g: generate_fused(timed, c, x, new_tokens, w, 2, sat, (), g),
+                 "tree": lambda c, x, g: generate_sdsat_tree(timed, c, x, new_tokens, w, sat, tree, (), g)}
+        for name, run in loops.items():
+            total = forward = 0.0
+            tokens = 0
+            for rep in range(3):
+                cache = model.new_cache(len(prompt) + new_tokens + 64)
+                logits = prefill(model, cache, prompt)
+                inside[0] = 0.0
+                t0 = now(device)
+                out, _ = run(cache, logits, torch.Generator(device).manual_seed(rep))
+                total += now(device) - t0
+                forward, tokens = forward + inside[0], tokens + len(out)
+            print(f"T={t} {name:10s} {tokens / total:6.1f} tok/s  forward {forward / total:5.1%}  "
+                  f"outside {(total - forward) / tokens * 1000:.2f} ms/token", flush=True)

@@ -1,0 +1,177 @@
+"""Writing down what bench.py measured: markdown tables, plots, and the environment line
+that says where every number comes from (device, CPU and its bf16 instructions, threads,
+torch, commit, time)."""
+
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+
+from machine import cpu_info
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    for dtype, res in results.items():
+        for set_name, rows in res["sets"].items():
+            lines += [f"\n**{set_name}, {dtype}** (repeated 4-grams in AR output: "
+                      f"{rows['_repeated_4gram_fraction_ar']:.1%})\n",
+                      "| method | tok/s | speedup | acc/it | acc/it (less repetitive half) | tok/fwd | ceiling | fed/fwd | exact | prefill ms |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
+            for name, r in rows.items():
+                if name.startswith("_"):
+                    continue
+                f = lambda v, fmt: "-" if v is None else format(v, fmt)
+                lines.append(f"| {name} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}x | "
+                             f"{f(r['accepted_per_iter'], '.2f')} | {f(r['accepted_per_iter_less_repetitive_half'], '.2f')} | "
+                             f"{f(r['tokens_per_forward'], '.2f')} | {f(r['ceiling'], '.1f')} | {f(r['tokens_fed_per_forward'], 'd')} | "
+                             f"{'-' if r['exact_match'] is None else str(r['exact_match']) + '/' + str(r['prompts'])} | "
+                             f"{1000 * r['prefill_s_mean']:.1f} |")
+            compiled_ar = rows.get("ar (compiled)")
+            if compiled_ar:  # the honest baseline for compiled SDSAT
+                lines += ["\nCompiled rows against ar (compiled): " + ", ".join(
+                    f"{name} {r['tokens_per_s'] / compiled_ar['tokens_per_s']:.2f}x" for name, r in rows.items()
+                    if name.endswith("(compiled)") and name != "ar (compiled)")]
+        if res.get("compile"):
+            lines += ["\nCompiling, once before timing and kept out of tok/s: " + ", ".join(
+                f"{name} {c['seconds']:.1f} s ({c['graphs']} new graph{'s' if c['graphs'] != 1 else ''})"
+                for name, c in res["compile"].items())]
+        lines += ["", latency_table(res, dtype, 128)]
+        lines += [f"Autoregressive loop overhead outside the forward pass: {1e6 * res['ar_loop_overhead_s']:.0f} us/token "
+                  f"({res['ar_loop_overhead_s'] / res['forward_latency_s'][1]:.1%} of a 1-token forward)"]
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: str):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no plots)", file=sys.stderr)
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for dtype, res in results.items():
+        for set_name, rows in res["sets"].items():
+            chain = sorted((r["k"], r) for n, r in rows.items() if not n.startswith("_")
+                           and r["kind"] == "chain" and r["temperature"] == 0 and not r.get("compiled"))
+            if not chain:
+                continue
+            ks = [k for k, _ in chain]
+            axes[0].plot(ks, [r["speedup"] for _, r in chain], "o-", label=f"{set_name} {dtype}")
+            axes[1].plot(ks, [r["accepted_per_iter"] for _, r in chain], "o-", label=f"{set_name} {dtype}")
+    axes[0].axhline(1, color="gray", lw=0.5)
+    axes[0].set(xlabel="k (SATs)", ylabel="speedup over autoregressive", title="greedy SDSAT speedup")
+    axes[1].set(xlabel="k (SATs)", ylabel="accepted drafts / iteration", title="acceptance")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}", file=sys.stderr)
+
+
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name and its bf16 instructions (machine.cpu_info): a CPU's bf16
+    numbers mean little without them."""
+    info = cpu_info(cpuinfo)
+    if info is None:
+        return platform.processor() or platform.machine()
+    name, bf16 = info
+    return f"{name}; bf16 instructions: {', '.join(bf16) if bf16 else 'none'}"
+
+
+def environment(device: torch.device) -> dict:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here).stdout.strip()
+        if commit and subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                     text=True, cwd=here).stdout.strip():
+            commit += " (with uncommitted changes)"
+    except OSError:
+        commit = ""
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
+            f"cpu ({cpu_description()}; {torch.get_num_threads()} threads)",
+            "torch": torch.__version__, "python": platform.python_version(), "commit": commit or "unknown",
+            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def environment_line(env: dict) -> str:
+    """The first line of bench.md and latency.md: where the numbers come from."""
+    commit = env["commit"][:12] + (" with uncommitted changes" if "uncommitted" in env["commit"] else "")
+    return f"_{env['device']}, torch {env['torch']}, commit {commit}, {env['time']}_\n"
+
+
+def latency_table(res: dict, dtype: str, prefix: int, parameters: int | None = None) -> str:
+    """Forward latency against tokens fed, eager (and compiled, where timed), each as a
+    multiple of the 1-token forward and of its floor (bench_latency.py)."""
+    lat = {int(T): t for T, t in res["forward_latency_s"].items()}  # JSON keys are strings
+    comp = {int(T): t for T, t in res.get("compiled_latency_s", {}).items()}
+    floor = res.get("floor")
+    head = f"**forward latency, {dtype}" + (f", {parameters / 1e6:.0f}M parameters" if parameters else "")
+    lines = [head + f"** (cache of {prefix} tokens)"]
+    if floor:
+        lines[0] += (f"; floor = max(bytes / {floor['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, "
+                     f"FLOPs / {floor['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s), both measured in this run")
+    cols = ["tokens fed", "ms", "x T(1)"] + (["floor ms", "x floor", "bound"] if floor else [])
+    cols += ["compiled ms", "x compiled T(1)"] + (["compiled x floor"] if floor else []) if comp else []
+    lines += ["", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+    for T, t in sorted(lat.items()):
+        cells = [str(T), f"{1000 * t:.1f}", f"{t / lat[1]:.2f}"]
+        w = floor["widths"].get(T) or floor["widths"].get(str(T)) if floor else None
+        if floor:
+            cells += [f"{1000 * w['floor_s']:.1f}", f"{t / w['floor_s']:.2f}", w["bound"]]
+        if comp:
+            cells += [f"{1000 * comp[T]:.1f}", f"{comp[T] / comp[1]:.2f}"] + ([f"{comp[T] / w['floor_s']:.2f}"] if floor else [])
+        lines.append("| " + " | ".join(cells) + " |")
+    if res.get("compile_s"):
+        lines += ["", "Compiling, per width: " + ", ".join(f"{T} tokens {s:.1f} s" for T, s in res["compile_s"].items())]
+    return "\n".join(lines)
+
+
+def latency_markdown(record: dict) -> str:
+    """The tables of a --latency-only record: every size timed, then the projection."""
+    lines = []
+    for dtype, res in record["results"].items():
+        lines += ["", latency_table(res, dtype, record["prefix"], res["parameters"])]
+        if "projection" in res:
+            source = record["projected_from"]
+            lines += [f"\n**projection, {dtype}**: tokens per forward from {source['path']} "
+                      f"(model {source['model']}) x T(1) / T(tokens fed)\n",
+                      "| prompts | measured with | method | tok/fwd | tokens fed | T(fed)/T(1) | projected speedup |",
+                      "|---|---|---|---|---|---|---|"]
+            lines += [f"| {p['set']} | {p['dtype']} | {p['method']} | {p['tokens_per_forward']:.2f} | {p['tokens_fed']} | "
+                      f"{p['cost_ratio']:.2f} | {p['projected_speedup']:.2f}x |" for p in res["projection"]]
+    return "\n".join(lines)
+
+
+def plot_learning_curve(jsonl: str, path: str):
+    """Accepted drafts per iteration against minutes of training, one line per named run
+    and prompt set, from the rows of `bench.py --acceptance --label RUN` (and any others
+    with "run" and "minutes")."""
+    import json
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no plot)", file=sys.stderr)
+        return
+    with open(jsonl) as f:
+        rows = [r for r in map(json.loads, filter(str.strip, f)) if "run" in r and "minutes" in r]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in dict.fromkeys(r["run"] for r in rows):
+        points = sorted((r for r in rows if r["run"] == run), key=lambda r: r["minutes"])
+        for prompts, style in (("heldout", "o-"), ("humaneval", "s--")):
+            ax.plot([r["minutes"] for r in points], [r[prompts] for r in points], style, label=f"{run}, {prompts}")
+    ax.set(xlabel="minutes of training (one CPU thread)", ylabel="accepted drafts / iteration (k = 5)",
+           title="SAT training: greedy two-step acceptance, float32")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}", file=sys.stderr)

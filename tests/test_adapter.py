@@ -1,0 +1,160 @@
+"""The SAT adapter (adapter.py): only SAT rows see it, so the base's own outputs never move.
+
+Anchors: standard-position logits equal the base model's bit for bit (training layout and
+decoding); greedy decoding of every method with the adapter equals the base model's greedy
+autoregressive output; one training step moves SAT outputs and nothing else; the adapter
+directory round-trips exactly and refuses another base in one line.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import sat
+import train_sat
+from adapter import new_adapter
+from checkpoint import load_model, save_adapter, save_model
+from model import CheckpointError, Llama
+from test_decode import run, tiny_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROMPT = [1, 3, 0, 2, 5, 7, 11, 4]
+
+
+def with_adapter(model: Llama, rank: int = 4, scale: float = 0.5, seed: int = 1) -> Llama:
+    """The model with a random, non-zero adapter on it (a trained one is not needed to
+    show what it cannot touch)."""
+    adapter = new_adapter(model, rank, model.args.sat_token_id, 3)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g).to(p.device))
+    return model
+
+
+def test_standard_logits_equal_the_base_in_decoding(device):
+    base = tiny_model(device=device)
+    model = with_adapter(tiny_model(device=device))
+    sat_id = model.args.sat_token_id
+    # A draft pass, a hybrid pass (guesses, then SATs), a verify pass. A real token never
+    # sees a SAT (causal: every SAT comes after it), so every real token's row must match.
+    for fed in ([4, sat_id, sat_id, sat_id], [4, 9, 8, sat_id, sat_id, sat_id], [4, 9, 8]):
+        tokens = torch.tensor([PROMPT + fed], device=device)
+        got, want = model(tokens), base(tokens)
+        standard = tokens[0] != sat_id
+        assert torch.equal(got[0, standard], want[0, standard])
+        if not standard.all():  # and the adapter does act at the SATs
+            assert not torch.allclose(got[0, ~standard], want[0, ~standard])
+    cache_a, cache_b = model.new_cache(32), base.new_cache(32)
+    model(torch.tensor([PROMPT], device=device), cache=cache_a)
+    base(torch.tensor([PROMPT], device=device), cache=cache_b)
+    draft = torch.tensor([[4, sat_id, sat_id, sat_id]], device=device)
+    assert torch.equal(model(draft, cache=cache_a)[0, 0], base(draft, cache=cache_b)[0, 0])
+
+
+def test_standard_logits_equal_the_base_in_the_training_layout(device):
+    base = tiny_model(device=device)
+    model = with_adapter(tiny_model(device=device))
+    window = torch.randint(0, 40, (2, 17), generator=torch.Generator().manual_seed(0)).to(device)
+    anchors = torch.tensor([[0, 4, 9], [2, 3, 12]], device=device)
+    n = window.shape[1] - 1
+    ids, positions, mask, _, _ = sat.sat_batch(window, anchors, 3, model.args.sat_token_id)
+    got = model(ids, positions=positions, mask=mask[:, :, n:], causal_prefix=n)
+    assert torch.equal(got[:, :n], base(window[:, :n]))
+    # The cached training forward (standard tokens once, then only the SATs) gives the SAT
+    # rows of the one-pass layout.
+    sat_logits, _, _, _ = sat.adapter_forward(model, window, anchors, 3, model.args.sat_token_id)
+    torch.testing.assert_close(sat_logits, got[:, n:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["sdsat", "tree", "fused", "hybrid"])
+def test_greedy_decoding_with_the_adapter_equals_base_ar(method, device):
+    base = tiny_model(seed=3, device=device)
+    model = with_adapter(tiny_model(seed=3, device=device))
+    for prompt in (PROMPT, [2, 2, 7, 1, 30, 31]):
+        want, _, _ = run(base, prompt, "ar", 40)
+        got, stats, _ = run(model, prompt, method, 40, k=3)
+        assert got == want, method
+        assert stats.iterations > 0
+
+
+def test_a_training_step_moves_sat_outputs_only(tmp_path, device):
+    model = tiny_model(device=device)
+    base = tiny_model(device=device)
+    new_adapter(model, 4, model.args.sat_token_id, 3)
+    model.requires_grad_(False)
+    model.adapter.requires_grad_(True)
+    cfg = train_sat.TrainConfig(mode="adapter", k=3, sat_labels="data")
+    window = torch.randint(0, 40, (2, 17), generator=torch.Generator().manual_seed(0)).to(device)
+    anchors = torch.tensor([[0, 4, 9], [2, 3, 12]], device=device)
+    opt = torch.optim.AdamW(model.adapter.parameters(), lr=1e-2)
+    tokens = torch.tensor([PROMPT + [4] + [model.args.sat_token_id] * 3], device=device)
+    before = model(tokens).detach()
+    loss, _ = sat.adapter_loss(model, window, anchors, cfg, model.args.sat_token_id)
+    loss.backward()
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+    opt.step()
+    after = model(tokens).detach()
+    n = len(PROMPT) + 1
+    assert torch.equal(after[0, :n], before[0, :n])
+    assert torch.equal(after[0, :n], base(tokens)[0, :n])
+    assert not torch.allclose(after[0, n:], before[0, n:])
+    for (name, p), q in zip(model.named_parameters(), base.parameters()):  # the base itself never moves
+        if not name.startswith("adapter."):
+            assert torch.equal(p, q), name
+
+
+def test_adapter_training_learns_and_exports(tmp_path):
+    """A few adapter steps on a tiny model lower the SAT loss; the export loads as a model."""
+    import numpy as np
+    data = tmp_path / "data"
+    data.mkdir()
+    g = np.random.default_rng(0)
+    cycle = g.integers(0, 40, 23)  # a repeating text: easy to look ahead in
+    ids = np.tile(cycle, 60).astype(np.uint16)
+    ids.tofile(data / "train.bin")
+    ids[:300].tofile(data / "val.bin")
+    meta = {"vocab_size": 50, "splits": {"val": {"tokens": 300, "bytes": 900}}}
+    (data / "corpus.json").write_text(json.dumps(meta))
+    init = tmp_path / "base"
+    save_model(tiny_model(), str(init))
+    cfg = train_sat.TrainConfig(mode="adapter", init=str(init), data=str(data), out=str(tmp_path / "run"),
+                                k=3, rank=4, anchors=0, seq_len=32, batch_size=2, steps=30, lr=1e-2,
+                                min_lr=1e-3, warmup=2, weight_decay=0.0, eval_every=30, eval_tokens=64,
+                                log_every=30, sat_token_id=49, sat_labels="model")
+    model, state = train_sat.train(cfg)
+    assert state["start"]["sat_agree"][0] < state["log"][-1]["sat_agree"][0]
+    train_sat.export(model, state, cfg, str(tmp_path / "adapter"))
+    loaded = load_model(str(tmp_path / "adapter"))
+    assert loaded.adapter.rank == 4 and loaded.args.sat_k == 3
+    tokens = torch.tensor([[1, 2, 3, 49, 49, 49]])
+    torch.testing.assert_close(loaded(tokens), model.eval()(tokens), atol=0.05, rtol=0.05)  # saved in bf16
+
+
+def test_save_load_round_trip_and_wrong_base(tmp_path):
+    base_dir, other_dir, adapter_dir = tmp_path / "base", tmp_path / "other", tmp_path / "adapter"
+    model = tiny_model()
+    save_model(model, str(base_dir))
+    with_adapter(model)
+    save_adapter(model, str(adapter_dir), str(base_dir), torch.float32)
+    assert json.loads((adapter_dir / "adapter.json").read_text())["base"] == str(base_dir)  # as given
+    loaded = load_model(str(adapter_dir))
+    tokens = torch.tensor([PROMPT + [4, 49, 49]])
+    assert torch.equal(loaded(tokens), model(tokens))
+    for (n, p), (m, q) in zip(loaded.adapter.named_parameters(), model.adapter.named_parameters()):
+        assert n == m and torch.equal(p, q)
+    # Another base (a wider vocabulary) in the adapter's place: one line, no traceback.
+    save_model(tiny_model(vocab=60), str(other_dir))
+    cfg = json.loads((adapter_dir / "adapter.json").read_text())
+    cfg["base"] = "../other"  # relative: to the adapter directory
+    (adapter_dir / "adapter.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="vocab_size 50, but .*other has 60"):
+        load_model(str(adapter_dir))
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "decode.py"), "--model", str(adapter_dir),
+                           "--prompt", "x"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: adapter") and "vocab_size" in proc.stderr
