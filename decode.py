@@ -36,7 +36,7 @@ import torch
 
 from checkpoint import load_model, read_config
 from compiled import StaticModel
-from decode_common import Emitter, Stats, finish, prefill, split_draft, verify
+from decode_common import Emitter, Stats, draft_pass, finish, prefill, split_draft, verify
 from decode_fused import generate_fused
 from decode_lookup import generate_hybrid, generate_lookup
 from decode_tree import TREE_DEPTH5, build_tree, generate_sdsat_tree
@@ -67,11 +67,9 @@ def generate_sdsat(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: 
         return out.tokens, finish(stats, out)
     while True:
         L = cache.length
-        # 1. Draft: [cur, S * k]. Output 0 is exact; output j is a guess j + 1 tokens ahead.
-        logits = model(torch.cat([cur.view(1), sats])[None], cache=cache)[0]  # [1 + k, V]
-        stats.forwards += 1
+        # 1. Draft: [cur, S * k], then the SATs leave the cache. Output 0 is exact: x.
+        logits = draft_pass(model, cache, cur, sats, stats)  # [1 + k, V]
         x, drafts, q = split_draft(warper, logits, generator)
-        cache.truncate(L + 1)  # keep cur; the SATs must never be seen by a real token
         if out.emit([int(x)]):
             break
         # 2. Verify: [x, d_1 .. d_k] gives the target distribution at every draft's slot.
@@ -225,7 +223,7 @@ def main():
                    help="checkpoint directory, Hugging Face layout, or a SAT adapter directory (adapter.json), "
                         "which runs on the base it names (default: %(default)s)")
     p.add_argument("--prompt", default=None, help=f"text to continue (default: {DEFAULT_PROMPT!r})")
-    p.add_argument("--prompt-file", default=None, help="read the prompt from this UTF-8 file instead of --prompt")
+    p.add_argument("--prompt-file", default=None, help="read the prompt from this UTF-8 file instead of --prompt (default: none)")
     p.add_argument("--suffix", default=None,
                    help="CodeLlama infilling: write the middle between --prompt and this suffix (default: none)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate (default: %(default)s)")
@@ -290,10 +288,6 @@ def main():
     args = read_config_or_exit(a.model)
     tok = load_tokenizer_or_exit(a.model)
     sat = resolve_sat_id(args, a.sat_token_id) if "sat_token_id" in METHOD_OPTIONS[a.method] else None
-    depth = len(max(TREE_DEPTH5, key=len)) if a.tree else k  # how far ahead the SATs must guess
-    if sat is not None and args.sat_k and depth > args.sat_k:
-        print(f"warning: {'--tree guesses 5 ahead' if a.tree else f'--k {k}'}, but this model's SATs were trained with k = {args.sat_k}: SATs past "
-              f"{args.sat_k} were never taught, their drafts will rarely be accepted", file=sys.stderr)
     stop = list(args.stop_ids)
     if a.suffix is not None:
         try:
@@ -303,6 +297,15 @@ def main():
         stop.append(tok.eot_id)  # the middle ends with ▁<EOT>
     else:
         prompt = tok.encode(a.prompt)
+    warnings = []
+    depth = len(max(TREE_DEPTH5, key=len)) if a.tree else k  # how far ahead the SATs must guess
+    if sat is not None and args.sat_k and depth > args.sat_k:
+        asked = "--tree guesses 5 ahead" if a.tree else f"--k {k}"
+        warnings.append(f"warning: {asked}, but this model's SATs were trained with k = {args.sat_k}: SATs past "
+                        f"{args.sat_k} were never taught, their drafts will rarely be accepted")
+    if args.sat_token_id is not None and args.sat_token_id in prompt:
+        warnings.append(f"warning: the prompt holds the SAT id {args.sat_token_id} as a real token: the model "
+                        "reads it as a SAT there")
     room, reach = block_sizes(a.method, k, a.tree, copies)  # the widest block fed; how far past the text its SATs sit
     drafts = "--tree" if a.tree else f"--method {a.method}" + (f" --k {k}" if "k" in METHOD_OPTIONS[a.method] else "")
     fix = "fewer --max-new-tokens" + (" or a smaller --k" if "k" in METHOD_OPTIONS[a.method] and not a.tree else "")
@@ -328,6 +331,8 @@ def main():
                          f"{'of this GPU' if device.type == 'cuda' else 'of memory this machine has'}: use {fix}")
 
     if a.dtype == "bfloat16" and (warning := slow_bf16_warning(device)):
+        warnings.append(warning)
+    for warning in warnings:  # after every check: a refused run says only why
         print(warning, file=sys.stderr)
     model = load_or_exit(a.model, device, DTYPES[a.dtype])
     gen = torch.Generator(device=device).manual_seed(a.seed)

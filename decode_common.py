@@ -78,6 +78,16 @@ def prefill(model: Llama, cache: KVCache, prompt: list[int]) -> torch.Tensor:
     return model(tokens, cache=cache)[0, -1]
 
 
+def draft_pass(model: Llama, cache: KVCache, cur: torch.Tensor, sats: torch.Tensor, stats: Stats) -> torch.Tensor:
+    """Feed [cur, S * k], then cut the SATs out of the cache again (no real token may ever
+    see one): logits [1 + k, V]. Output 0 is exact; output j is a guess j + 1 tokens ahead."""
+    L = cache.length
+    logits = model(torch.cat([cur.view(1), sats])[None], cache=cache)[0]  # [1 + k, V]
+    stats.forwards += 1
+    cache.truncate(L + 1)  # keep cur
+    return logits
+
+
 def split_draft(warper: Warper, logits: torch.Tensor, generator=None):
     """Outputs [1 + k, V] of [cur, S * k] -> (x, drafts [k], q [k, V] or None).
 

@@ -4,7 +4,7 @@ the current drafts and drafts the next ones, for every possible number of accept
 
 import torch
 
-from decode_common import Emitter, Stats, finish, split_draft, verify
+from decode_common import Emitter, Stats, draft_pass, finish, split_draft, verify
 from model import KVCache, Llama
 from sampling import Warper, sample
 from sat import sat_layout
@@ -56,11 +56,8 @@ def generate_fused(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: 
     if out.emit([int(cur)]):
         return out.tokens, finish(stats, out)
     # The first drafts: [cur, S * k] as in the two-step loop.
-    L = cache.length
-    logits = model(torch.cat([cur.view(1), sats])[None], cache=cache)[0]
-    stats.forwards += 1
+    logits = draft_pass(model, cache, cur, sats, stats)
     cur, drafts, q = split_draft(warper, logits, generator)
-    cache.truncate(L + 1)
     if out.emit([int(cur)]):
         return out.tokens, finish(stats, out)
     while True:

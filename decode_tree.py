@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from decode_common import Emitter, Stats, finish
+from decode_common import Emitter, Stats, draft_pass, finish
 from model import KVCache, Llama
 from sampling import Warper
 
@@ -99,10 +99,8 @@ def generate_sdsat_tree(model: Llama, cache: KVCache, logits: torch.Tensor, max_
         return out.tokens, finish(stats, out)
     while True:
         L = cache.length
-        logits = model(torch.cat([cur.view(1), sats])[None], cache=cache)[0]  # [1 + k, V]
-        stats.forwards += 1
+        logits = draft_pass(model, cache, cur, sats, stats)  # [1 + k, V]
         x = warper.next_token(logits[0], generator)
-        cache.truncate(L + 1)
         if out.emit([int(x)]):
             break
         # Node tokens: root = x, others = top-ranked tokens of their depth's SAT.

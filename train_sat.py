@@ -1,13 +1,11 @@
-"""Training: SAT fine-tuning (full, or as an adapter on a frozen base), and pretraining
+r"""Training: SAT fine-tuning (full, or as an adapter on a frozen base), and pretraining
 the demo model.
 
 One loop serves every mode:
 
-    --mode sat        the paper's fine-tune: the blocks and the SAT's embedding row train,
-                      with the frozen-embedding loss (the default)
-    --mode adapter    the base stays frozen; only a SAT adapter trains (adapter.py): a SAT
-                      embedding and a rank --rank change of every linear layer, both seen
-                      only by SATs, so the base's own outputs never change
+    --mode sat        the paper's fine-tune: blocks and the SAT's row train (the default)
+    --mode adapter    the base stays frozen; only a SAT adapter trains (adapter.py), which
+                      only SATs see: the base's own outputs never change
     --mode sat-only   only the SAT's embedding row trains: a lower bound and a contrast
     --mode pretrain   plain next-token loss, every parameter trains (builds the demo model)
 
@@ -15,14 +13,13 @@ One loop serves every mode:
     python train_sat.py --device cuda ...                 # one GPU (default: --device cpu)
     torchrun --nproc_per_node 2 train_sat.py ...          # DistributedDataParallel
 
-SmolLM2-135M's SAT adapter, on its own greedy text (distill.py), as shipped in
-models/smollm2-135m-sat (the README gives the full recipe):
+SmolLM2-135M's SAT adapter (models/smollm2-135m-sat), trained on the model's own greedy
+text (distill.py) on one CPU thread; the README gives the whole recipe:
 
-    python train_sat.py --mode adapter --init models/smollm2-135m --data data/smollm2-distill
-        --out runs/smol-adapter --sat-token-id 6 --k 5 --rank 32 --anchors 0 --seq-len 255
-        --batch-size 1 --sat-labels model --threads 1 --export models/smollm2-135m-sat
-
-(one command: the lines above continue each other).
+    python train_sat.py --mode adapter --init models/smollm2-135m --data data/smollm2-distill \
+        --out runs/smol-adapter --sat-token-id 6 --k 5 --rank 32 --anchors 32 --seq-len 255 \
+        --batch-size 1 --sat-labels model --lr 2e-3 --min-lr 2e-4 --warmup 20 --weight-decay 0 \
+        --steps 4500 --max-minutes 150 --snapshot-minutes 10 --threads 1 --export models/smollm2-135m-sat
 
 The loop: AdamW, linear warm-up then cosine decay, gradient clipping and accumulation,
 bfloat16 autocast where the hardware has it (CUDA, or a CPU with bf16 instructions;
@@ -32,25 +29,13 @@ Killing a run and starting the same command again resumes it with the same data 
 batch s is drawn from a generator seeded by (seed, s), so it does not depend on earlier
 steps. The SAT layout and the losses are in sat.py; the machinery in trainer.py.
 
-THE FROZEN-EMBEDDING LOSS (--mode sat). loss = CE_sat + lambda * L_std. The standard
-tokens' embedding rows, the final norm and the output head are frozen; the SAT's
-embedding row and the transformer blocks train. L_std is cross-entropy on the data
-(default) or the KL divergence to the frozen starting model (--std-loss kl). Tied
-embeddings: the head *is* the embedding matrix, so its SAT row trains with the SAT
-embedding (only the SAT's own logit can move that way) and every other row stays frozen.
---train-layers N trains only the top N blocks; --no-sat-row leaves an existing token's
-row as it is.
-
-THE ADAPTER (--mode adapter). Everything of the base is frozen, the head and the norms
-included; the standard tokens of a window run once without autograd and only the SAT
-groups carry gradients (sat.adapter_loss). --sat-labels model teaches SAT j of anchor p
-the model's own prediction at position p + j, the token verification will check.
+What each mode freezes and learns, and why: SDSAT.md sections 2 (--mode sat, the
+frozen-embedding loss) and 12 (--mode adapter).
 """
 
 import argparse
 import copy
 import json
-import math
 import os
 import shutil
 import signal
@@ -63,15 +48,15 @@ if __name__ == "__main__":  # Ctrl-C while torch is still loading: exit quietly,
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from adapter import new_adapter
 from checkpoint import load_adapter, load_model, save_adapter, save_model, write_json
 from machine import cpu_info, slow_bf16_warning
 from model import BASE_MODEL, CheckpointError, Llama, ModelArgs, init_weights
-from sat import IGNORE, adapter_forward, adapter_loss, choose_anchors, lm_loss, sat_batch, sat_loss
+from sat import adapter_loss, choose_anchors, evaluate, evaluate_adapter, lm_loss, sat_loss
 from tokenizer import FILES as TOKENIZER_FILES
-from trainer import (TokenData, distributed, fmt_time, load_checkpoint, lr_at, save_checkpoint)
+from trainer import (TokenData, adapter_minutes, distributed, fmt_time, load_checkpoint, lr_at, save_checkpoint,
+                     take_snapshot)
 
 
 @dataclass
@@ -192,62 +177,6 @@ def check_config(cfg: "TrainConfig"):
             raise SystemExit(f"error: --{name.replace('_', '-')} must be at least {least}, got {value}")
     if cfg.lr <= 0:
         raise SystemExit(f"error: --lr must be above 0, got {cfg.lr}")
-
-
-@torch.no_grad()
-def evaluate(model: Llama, data: TokenData, cfg: TrainConfig, max_tokens: int | None, sat_id=None) -> dict:
-    """Held-out CE of the standard tokens (nats/token) and bits per byte, over the first
-    max_tokens (None: all); with a SAT id also SAT top-1 accuracy per offset j, over at
-    most cfg.eval_tokens (anchors at every 8th position)."""
-    was_training = model.training
-    model.eval()
-    dev = model.device
-    autocast = torch.autocast(dev.type, torch.bfloat16, enabled=cfg.bf16)
-    total, count = 0.0, 0
-    for w in data.val_windows(cfg.seq_len, max_tokens):
-        with autocast:
-            logits = model(w[:, :-1].to(dev))
-        total += F.cross_entropy(logits[0].float(), w[0, 1:].to(dev), reduction="sum").item()
-        count += w.shape[1] - 1
-    val = data.meta["splits"]["val"]
-    out = {"val_loss": total / count, "val_tokens": count,
-           "val_bpb": total / count * val["tokens"] / val["bytes"] / math.log(2) if val.get("bytes") else None}
-    if sat_id is not None:
-        hits, seen = torch.zeros(cfg.k), torch.zeros(cfg.k)
-        for w in data.val_windows(cfg.seq_len, cfg.eval_tokens):
-            n = w.shape[1] - 1
-            anchors = torch.arange(0, n - cfg.k, 8)[None]
-            ids, positions, mask, labels, offsets = sat_batch(w, anchors, cfg.k, sat_id)
-            with autocast:
-                logits = model(ids.to(dev), positions=positions.to(dev), mask=mask[:, :, n:].to(dev),
-                               causal_prefix=n)
-            right = (logits[0, n:].argmax(-1).cpu() == labels[0, n:]).float()
-            hits += right.view(-1, cfg.k).sum(0)
-            seen += right.numel() // cfg.k
-        out["sat_top1"] = (hits / seen).tolist()
-    model.train(was_training)
-    return out
-
-
-@torch.no_grad()
-def evaluate_adapter(model: Llama, data: TokenData, cfg: TrainConfig, sat_id: int) -> dict:
-    """SAT top-1 per offset j over at most cfg.eval_tokens held-out tokens (an anchor at
-    every 4th position): against the model's own greedy choice ("sat_agree", what decides
-    acceptance) and against the text ("sat_top1"). The standard tokens' loss is the base's
-    by construction, so it is not measured again."""
-    dev = model.device
-    agree, top1, seen = torch.zeros(cfg.k), torch.zeros(cfg.k), torch.zeros(cfg.k)
-    for w in data.val_windows(cfg.seq_len, cfg.eval_tokens):
-        n = w.shape[1] - 1
-        anchors = torch.arange(0, n - cfg.k, 4, device=dev)[None]
-        logits, labels, own, offsets = adapter_forward(model, w.to(dev), anchors, cfg.k, sat_id)
-        guess = logits.argmax(-1)
-        for j in range(cfg.k):
-            at = (offsets == j + 1) & (labels != IGNORE)
-            agree[j] += (guess == own)[at].sum().item()
-            top1[j] += (guess == labels)[at].sum().item()
-            seen[j] += at.sum().item()
-    return {"sat_agree": (agree / seen).tolist(), "sat_top1": (top1 / seen).tolist()}
 
 
 # ----------------------------------------------------------------------------- what trains
@@ -504,28 +433,6 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
         if done == last:
             save_checkpoint(ckpt_path, trained, opt, state, rank)  # again, now with the final evaluation
     return model, state
-
-
-def adapter_minutes(path: str) -> float:
-    """Minutes of training behind an adapter directory, from its training.json (0 if none)."""
-    report = os.path.join(path, "training.json")
-    if not os.path.isfile(report):
-        return 0.0
-    with open(report) as f:
-        r = json.load(f)
-    return (r.get("elapsed_before", 0.0) + r.get("elapsed", 0.0)) / 60
-
-
-def take_snapshot(model: Llama, state: dict, cfg: TrainConfig, final: bool = False):
-    """Keep the adapter (float32) every --snapshot-minutes, and at the end, named by its
-    minutes of training."""
-    minutes = (state.get("elapsed_before", 0.0) + state["elapsed"]) / 60
-    last = state.setdefault("snapshots", [])
-    if last and minutes - last[-1]["minutes"] < cfg.snapshot_minutes and not final:
-        return
-    path = os.path.join(cfg.out, "snapshots", f"min{minutes:07.2f}")
-    save_adapter(model, path, cfg.init, torch.float32, {"step": state["step"], "minutes": minutes})
-    last.append({"step": state["step"], "minutes": minutes, "path": path})
 
 
 def export(model: Llama, state: dict, cfg: TrainConfig, path: str):

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from checkpoint import atomic_write
+from checkpoint import atomic_write, save_adapter
 from machine import pick_device
 from tokenizer import tokenizer_hash
 
@@ -163,3 +163,28 @@ def load_checkpoint(path: str, model: torch.nn.Module, opt: torch.optim.Optimize
         i += len(group["params"])
     opt.load_state_dict({"state": moments, "param_groups": groups})
     return state
+
+
+# ----------------------------------------------------------------------------- adapter snapshots
+
+
+def adapter_minutes(path: str) -> float:
+    """Minutes of training behind an adapter directory, from its training.json (0 if none)."""
+    report = os.path.join(path, "training.json")
+    if not os.path.isfile(report):
+        return 0.0
+    with open(report) as f:
+        r = json.load(f)
+    return (r.get("elapsed_before", 0.0) + r.get("elapsed", 0.0)) / 60
+
+
+def take_snapshot(model, state: dict, cfg, final: bool = False):
+    """Keep the adapter (float32) every --snapshot-minutes, and at the end, named by its
+    minutes of training."""
+    minutes = (state.get("elapsed_before", 0.0) + state["elapsed"]) / 60
+    last = state.setdefault("snapshots", [])
+    if last and minutes - last[-1]["minutes"] < cfg.snapshot_minutes and not final:
+        return
+    path = os.path.join(cfg.out, "snapshots", f"min{minutes:07.2f}")
+    save_adapter(model, path, cfg.init, torch.float32, {"step": state["step"], "minutes": minutes})
+    last.append({"step": state["step"], "minutes": minutes, "path": path})

@@ -9,6 +9,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "quick: the first check, under 2 minutes: model parity, greedy "
+                                       "equality, the command lines (python -m pytest -m quick tests)")
+
+
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu", choices=["cpu", "cuda"],
                      help="where device-independent tests run (CI: cpu; a GPU machine: cuda)")

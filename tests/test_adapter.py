@@ -36,6 +36,7 @@ def with_adapter(model: Llama, rank: int = 4, scale: float = 0.5, seed: int = 1)
     return model
 
 
+@pytest.mark.quick
 def test_standard_logits_equal_the_base_in_decoding(device):
     base = tiny_model(device=device)
     model = with_adapter(tiny_model(device=device))
@@ -71,6 +72,7 @@ def test_standard_logits_equal_the_base_in_the_training_layout(device):
     torch.testing.assert_close(sat_logits, got[:, n:], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("method", ["sdsat", "tree", "fused", "hybrid"])
 def test_greedy_decoding_with_the_adapter_equals_base_ar(method, device):
     base = tiny_model(seed=3, device=device)

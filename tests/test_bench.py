@@ -4,6 +4,10 @@ import pytest
 import torch
 
 import bench
+import bench_latency
+import bench_prompts
+import bench_report
+import machine
 from decode_tree import TREE_DEPTH5, build_tree
 from model import Llama, ModelArgs, init_weights
 from sampling import Warper
@@ -57,7 +61,7 @@ def test_projection_arithmetic():
         "sdsat k=5": {"kind": "chain", "temperature": 0, "tokens_fed_per_forward": 6, "tokens_per_forward": 1.8},
         "sdsat k=5 T=1.0": {"kind": "chain", "temperature": 1.0, "tokens_fed_per_forward": 6, "tokens_per_forward": 1.2},
         "fused k=5": {"kind": "fused", "temperature": 0, "tokens_fed_per_forward": 36, "tokens_per_forward": 2.4}}}}}}
-    proj = {p["method"]: p for p in bench.projected_speedups(lat, reference)}
+    proj = {p["method"]: p for p in bench_latency.projected_speedups(lat, reference)}
     assert set(proj) == {"sdsat k=5", "fused k=5"}  # greedy draft methods only
     assert abs(proj["sdsat k=5"]["projected_speedup"] - 1.8 * 0.010 / 0.012) < 1e-12
     assert abs(proj["fused k=5"]["projected_speedup"] - 2.4 / 3) < 1e-12
@@ -75,14 +79,14 @@ def test_random_checkpoint_loads_strictly(tmp_path):
     params = torch.cat([p.flatten() for p in model.parameters() if p.dim() == 2])
     assert abs(params.std().item() - 0.02) < 0.002 and abs(params.mean().item()) < 0.001
     assert model.args.sat_token_id == 299 and model.args.num_key_value_heads == 2
-    bench_lat = bench.forward_latency(model, [1, 3], prefix=4, reps=1)
+    bench_lat = bench_latency.forward_latency(model, [1, 3], prefix=4, reps=1)
     assert set(bench_lat) == {1, 3} and all(t > 0 for t in bench_lat.values())
 
 
 def test_prompts_file(tmp_path):
     path = tmp_path / "mine.jsonl"
     path.write_text('{"prompt": "def f(x):\\n", "id": "f"}\n\n{"prompt": "import os"}\n')
-    assert bench.file_prompts(str(path)) == [{"id": "f", "text": "def f(x):\n"}, {"id": "3", "text": "import os"}]
+    assert bench_prompts.file_prompts(str(path)) == [{"id": "f", "text": "def f(x):\n"}, {"id": "3", "text": "import os"}]
 
 
 @pytest.mark.parametrize("lines, message", [
@@ -96,7 +100,7 @@ def test_prompts_file_malformed_line_is_named(lines, message, tmp_path):
     path = tmp_path / "mine.jsonl"
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(SystemExit) as e:
-        bench.file_prompts(str(path))
+        bench_prompts.file_prompts(str(path))
     assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
 
 
@@ -112,8 +116,51 @@ ARM_CPUINFO = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: {flags}\nCPU part\
 def test_cpu_description_names_the_bf16_instructions(text, flags, says, tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text(text.format(flags=flags))
-    assert bench.cpu_description(str(info)) == says
-    warning = bench.slow_bf16_warning(torch.device("cpu"), str(info))
+    assert bench_report.cpu_description(str(info)) == says
+    warning = machine.slow_bf16_warning(torch.device("cpu"), str(info))
     assert (warning is not None) == says.endswith("none")
-    assert bench.slow_bf16_warning(torch.device("cuda"), str(info)) is None  # a GPU: not about the CPU
-    assert bench.slow_bf16_warning(torch.device("cpu"), str(tmp_path / "missing")) is None  # not Linux: say nothing
+    assert machine.slow_bf16_warning(torch.device("cuda"), str(info)) is None  # a GPU: not about the CPU
+    assert machine.slow_bf16_warning(torch.device("cpu"), str(tmp_path / "missing")) is None  # not Linux: say nothing
+
+
+def test_forward_work_counts_every_weight_a_forward_reads():
+    """Bytes and FLOPs of the floor, against a count made here from the parameters."""
+    for tied in (False, True):
+        args = ModelArgs(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=10, tie_word_embeddings=tied)
+        model = Llama(args)
+        blocks = sum(p.numel() for n, p in model.named_parameters() if n.startswith("layers."))
+        head = 10 * 32  # the head reads the whole matrix; a lookup reads T rows of an untied embedding
+        norm = 32
+        T, prefix = 3, 5
+        cache = 2 * 2 * 2 * 8 * (prefix + T) * 4  # layers x (K, V) x kv heads x head_dim x keys x 4 bytes
+        nbytes, flops = bench_latency.forward_work(model, T, prefix)
+        assert nbytes == (blocks + head + norm + T * 32) * 4 + cache
+        attention = 4 * 2 * 4 * 8 * T * (prefix + T)
+        matmuls = sum(p.numel() for n, p in model.named_parameters() if n.endswith("proj.weight")) + head
+        assert flops == 2 * T * (matmuls + 2 * 2 * 32 + norm) + attention
+
+
+def test_latency_table_shows_multiples_of_the_floor():
+    res = {"forward_latency_s": {1: 0.010, 6: 0.020}, "compiled_latency_s": {1: 0.006, 6: 0.008},
+           "floor": {"bandwidth_bytes_per_s": 1e10, "gemm_flops_per_s": 5e10,
+                     "widths": {1: {"floor_s": 0.005, "bound": "memory"}, 6: {"floor_s": 0.0055, "bound": "memory"}}}}
+    table = bench_report.latency_table(res, "float32", 128)
+    assert "| 1 | 10.0 | 1.00 | 5.0 | 2.00 | memory | 6.0 | 1.00 | 1.20 |" in table
+    assert "| 6 | 20.0 | 2.00 | 5.5 | 3.64 | memory | 8.0 | 1.33 | 1.45 |" in table
+
+
+def test_acceptance_counts_what_the_two_step_loop_accepts(tmp_path):
+    from checkpoint import save_model
+    from decode import generate_sdsat
+    from decode_common import prefill
+    model = tiny_model()
+    save_model(model, str(tmp_path / "m"))
+    prompts = {"p": [[1, 2, 3, 4], [5, 6, 7, 1, 2]]}
+    row = bench.acceptance([str(tmp_path / "m")], prompts, 2, 20, 9, torch.device("cpu"), "run")[0]
+    accepted = iterations = 0
+    for ids in prompts["p"]:
+        cache = model.new_cache(64)
+        _, stats = generate_sdsat(model, cache, prefill(model, cache, ids), 20, Warper(), 2, 9)
+        accepted, iterations = accepted + sum(stats.accepted), iterations + len(stats.accepted)
+    assert row["p"] == round(accepted / iterations, 3) and row["run"] == "run"

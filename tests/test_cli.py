@@ -25,6 +25,7 @@ def run(args, tmp_path):
                           timeout=300)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help(script, tmp_path):
     proc = run([os.path.join(REPO, script), "--help"], tmp_path)
@@ -60,7 +61,7 @@ def test_every_option_has_help_with_its_default(script, tmp_path):
 def test_choices_are_listed(tmp_path):
     train = run([os.path.join(REPO, "train_sat.py"), "--help"], tmp_path).stdout
     decode = run([os.path.join(REPO, "decode.py"), "--help"], tmp_path).stdout
-    for flag, choices in (("--mode", "{sat,sat-only,pretrain}"), ("--std-loss", "{ce,kl}"),
+    for flag, choices in (("--mode", "{sat,adapter,sat-only,pretrain}"), ("--std-loss", "{ce,kl}"),
                           ("--sat-labels", "{data,self,model}")):
         assert f"{flag} {choices}" in train
     assert "--method {ar,sdsat,fused" in decode
@@ -79,6 +80,7 @@ def long_position_model(tmp_path_factory):
     return str(out)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("args, message", [
     (["decode.py", "--method", "ar", "--tree"], "error: --tree does nothing with --method ar"),
     (["decode.py", "--method", "fused", "--tree"], "error: --tree does nothing with --method fused"),
@@ -95,6 +97,13 @@ def long_position_model(tmp_path_factory):
     (["decode.py", "--method", "lookup", "--copies", "0"], "error: --copies must be at least 1, got 0"),
     (["decode.py", "--max-len", "0"], "error: prompt of 11 tokens + 128 new tokens exceeds --max-len 0"),
     (["decode.py", "--model", "missing-dir"], "error: model directory missing-dir does not exist"),
+    (["decode.py", "--model", os.path.join(REPO, "README.md")], f"error: {REPO}/README.md is a file: give the model's"),
+    (["decode.py", "--max-new-tokens", "100000"],
+     "error: prompt of 11 tokens + 100000 new tokens exceed the model's 512 positions (max_position_embeddings): "
+     "use --max-new-tokens 501 or fewer"),
+    (["decode.py", "--prompt-file", "missing.py"], "error: --prompt-file missing.py does not exist"),
+    (["decode.py", "--prompt-file", "missing.py", "--prompt", "x"], "error: give --prompt or --prompt-file, not both"),
+    (["bench.py", "--latency-only", "--project-from", "missing.json"], "error: --project-from missing.json"),
     (["bench.py", "--model", "missing-dir"], "error: model directory missing-dir does not exist"),
     (["bench.py", "--sat-token-id", "99999"], "error: SAT id 99999 is outside the vocabulary"),
     (["bench.py", "--latency-only", "--sizes", "0"], "error: --sizes, --reps and --prefix must be positive"),
@@ -243,3 +252,44 @@ def test_copies_caps_the_drafts_copied_per_pass(method, copies, tmp_path):
     assert proc.returncode == 0, proc.stderr
     counts = [int(m) for m in re.findall(r"\+ (\d+) cop(?:ied|y) guesses", proc.stdout)]
     assert counts and max(counts) == copies  # the demo's text repeats: the cap is reached, never passed
+
+
+def test_prompt_file_is_read_as_utf8_and_a_binary_file_is_one_line(tmp_path):
+    (tmp_path / "p.py").write_text("def größe(x):\n", encoding="utf-8")
+    proc = run([os.path.join(REPO, "decode.py"), "--prompt-file", "p.py", "--max-new-tokens", "3"], tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("def größe(x):\n"), proc.stderr
+    (tmp_path / "b.bin").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    proc = run([os.path.join(REPO, "decode.py"), "--prompt-file", "b.bin"], tmp_path)
+    assert proc.returncode == 1 and proc.stdout == "" and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "error: --prompt-file b.bin is not UTF-8 text (byte 0: invalid start byte)"
+
+
+@pytest.mark.parametrize("extra, warned", [(["--k", "12"], True), (["--k", "5"], False), (["--tree"], False)])
+def test_k_beyond_the_trained_k_warns_in_one_line(extra, warned, tmp_path):
+    proc = run([os.path.join(REPO, "decode.py"), "--method", "sdsat", *extra, "--max-new-tokens", "4"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    warning = ("warning: --k 12, but this model's SATs were trained with k = 5: SATs past 5 were never taught, "
+               "their drafts will rarely be accepted\n")
+    assert (warning in proc.stderr) == warned
+    assert proc.stderr.count("warning") == warned
+
+
+def test_train_sat_help_shows_its_examples_whole_and_they_parse(tmp_path):
+    """The docstring's examples survive --help (a backslash at a line's end used to join
+    lines), and every option they use exists."""
+    import train_sat
+    text = run([os.path.join(REPO, "train_sat.py"), "--help"], tmp_path).stdout
+    assert "--data data/smollm2-distill \\\n        --out runs/smol-adapter" in text
+    commands = re.findall(r"python train_sat\.py ((?:[^\n]*\\\n)*[^\n]*)", train_sat.__doc__)
+    assert len(commands) >= 3
+    known = set(re.findall(r"--[a-z][a-z0-9-]*", text))
+    for command in commands:
+        for flag in re.findall(r"--[a-z][a-z0-9-]*", command):
+            assert flag in known, (flag, command)
+
+
+def test_bench_writes_to_an_ignored_directory_by_default(tmp_path):
+    import bench
+    assert bench.OUT == "runs/bench"
+    ignored = subprocess.run(["git", "check-ignore", "-q", os.path.join(bench.OUT, "bench.json")], cwd=REPO)
+    assert ignored.returncode == 0  # git ignores it: committed results change only with --out

@@ -128,3 +128,14 @@ def test_compiled_path_writes_only_its_own_cache(compiled):
     model, static, _, _ = compiled
     with pytest.raises(ValueError, match="its own cache"):
         static(torch.tensor([[1]], device=model.device), cache=model.new_cache(256))
+
+
+def test_compiled_decoding_with_an_adapter_equals_the_bases_ar(compiled, device):
+    """The adapter's graphs (a block with the gated changes, used only by draft passes)
+    leave the base's tokens alone: compiled SDSAT with an adapter = the base's eager AR."""
+    from test_adapter import with_adapter
+    _, _, _, eager = compiled
+    model = with_adapter(tiny_model(vocab=12, seed=1, device=device))
+    static = StaticModel(model, 256)
+    tokens, stats = decode(static, model, static.cache, PROMPT, "sdsat", 50)
+    assert tokens == eager["ar"][0] and stats.iterations > 0

@@ -106,6 +106,7 @@ def test_prompt_longer_than_cache_is_a_clear_error(device):
 # ----------------------------------------------------------------------------- greedy SDSAT
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("k", range(1, 9))
 def test_sdsat_greedy_equals_ar_random_model(k, device):
     # A 12-token vocabulary: drafts are accepted often enough to see every case.
@@ -226,6 +227,7 @@ def test_stop_ids_random_model_match_ar(device):
 # ----------------------------------------------------------------------------- fused
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("k", range(1, 7))
 def test_fused_greedy_equals_ar(k, device):
     seen = set()
@@ -290,6 +292,7 @@ def test_tree_buffers_depth5(device):
         assert tree.depth[node] == len(ranks) and tree.rank[node] == ranks[-1]
 
 
+@pytest.mark.quick
 def test_tree_greedy_equals_ar(device):
     for seed in range(4):
         model = tiny_model(vocab=10, seed=seed, device=device)
@@ -460,6 +463,7 @@ def test_lookup_drafts_latest_match_longest_ngram_first():
 REPEATING = [1, 3, 0, 2, 5, 1, 3, 0, 2, 5, 1, 3]  # copies itself: lookup has drafts from the start
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("method", ["lookup", "hybrid"])
 def test_lookup_greedy_equals_ar(method, device):
     accepted = 0

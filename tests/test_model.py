@@ -90,6 +90,7 @@ PARITY_CASES = {  # each of MHA/GQA, theta 1e4/1e6, tied/untied appears at least
 }
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("case", list(PARITY_CASES))
 def test_logits_match_transformers(case, tmp_path, device):
     overrides = PARITY_CASES[case]
@@ -177,6 +178,7 @@ def test_greedy_matches_transformers_generate(kv_heads, tmp_path, device):
 # ----------------------------------------------------------------------------- cache
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("step", [1, 3])
 def test_incremental_decoding_matches_full_forward(step, device):
     m = our_model(num_key_value_heads=2, device=device)

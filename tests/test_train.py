@@ -302,3 +302,21 @@ def test_kill_and_resume_continues_with_the_same_data(data_dir, tmp_path, device
             safe_open(str(tmp_path / "ref" / "checkpoint.safetensors"), "pt") as g:
         for key in g.keys():
             assert torch.equal(f.get_tensor(key), g.get_tensor(key)), key
+
+
+@pytest.mark.parametrize("flags, device, bf16, said", [
+    ([], "cpu", False, "precision: float32 (this CPU (Fake CPU) has no bf16 instructions; --bf16 to use it anyway)"),
+    (["avx512_bf16", "amx_bf16"], "cpu", True, "precision: bfloat16 autocast (this CPU has amx_bf16, avx512_bf16)"),
+])
+def test_precision_follows_the_cpu_unless_asked(flags, device, bf16, said, monkeypatch):
+    """bf16 autocast by default only where the hardware has bf16 products; it says which."""
+    monkeypatch.setattr(train_sat, "cpu_info", lambda: ("Fake CPU", sorted(flags)))
+    lines = []
+    cfg = TrainConfig()
+    train_sat.resolve_precision(cfg, torch.device(device), lines.append)
+    assert cfg.bf16 is bf16 and lines == [said]
+    asked = TrainConfig(bf16=True)  # asked for: kept, with the slow-path warning where it applies
+    monkeypatch.setattr(train_sat, "slow_bf16_warning", lambda d: None if flags else "warning: slow")
+    lines.clear()
+    train_sat.resolve_precision(asked, torch.device(device), lines.append)
+    assert asked.bf16 is True and lines == ([] if flags else ["warning: slow"])
