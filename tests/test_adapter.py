@@ -160,3 +160,22 @@ def test_save_load_round_trip_and_wrong_base(tmp_path):
                            "--prompt", "x"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("error: adapter") and "vocab_size" in proc.stderr
+
+
+@pytest.mark.parametrize("method", ["sdsat", "tree", "fused"])
+def test_sampling_with_the_adapter_keeps_the_autoregressive_distribution(method, device):
+    """Lossless with an adapter too: the drafts change, the output distribution does not
+    (chi-square against the exact distribution of the second and third new tokens)."""
+    from test_decode import N_RUNS, SAMPLING_PROMPT, chi2_999, chi_square, exact_tokens23_dist, sampled_tokens23_counts
+    from test_decode import sampling_model
+    from sampling import Warper
+    model = sampling_model(device=device)
+    new_adapter(model, 2, model.args.sat_token_id, 2)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in model.adapter.parameters():
+            p.add_(torch.randn(p.shape, generator=g).to(device))
+    warper = Warper(temperature=1.0)
+    dist = exact_tokens23_dist(model, SAMPLING_PROMPT, warper)
+    counts = sampled_tokens23_counts(model, SAMPLING_PROMPT, method, warper, model.args.sat_token_id)
+    assert chi_square(counts, dist, N_RUNS) < chi2_999(len(dist) - 1)
