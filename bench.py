@@ -107,7 +107,7 @@ def methods_for(ks: list[int], fused_ks: list[int], sampling: bool, peers: bool 
 def run_once(model: Llama, prompt: list[int], m: Method, max_new: int, sat_id: int | None,
              stop_ids, seed: int, tree, hf=None, static: StaticModel | None = None) -> dict:
     if m.kind == "hf":
-        return run_hf(hf, prompt, m, max_new, stop_ids)
+        return run_hf(hf, prompt, m, max_new, stop_ids, static.cache.max_len if m.compiled else 0)
     dev = model.device
     if m.compiled:  # the compiled path's one cache, sized for the longest run
         cache = static.cache
@@ -191,8 +191,12 @@ def bench_dtype(model: Llama, prompts: dict, methods: list[Method], max_new: int
 
 
 def progress(text: str):
-    """One status line on stderr, rewritten in place (a slow model takes minutes a prompt)."""
-    print(f"\r  {text:<60}", end="" if text else "\r", file=sys.stderr, flush=True)
+    """One status line on stderr (a slow model takes minutes a prompt): rewritten in place on
+    a terminal, one line each in a log file."""
+    if sys.stderr.isatty():
+        print(f"\r  {text:<60}", end="" if text else "\r", file=sys.stderr, flush=True)
+    elif text:
+        print(f"  {text}", file=sys.stderr, flush=True)
 
 
 def compile_methods(model: Llama, static: StaticModel, prompt: list[int], methods: list[Method], sat_id,

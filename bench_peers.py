@@ -23,15 +23,16 @@ def load_peer(model_dir: str, device: torch.device, dtype: torch.dtype):
     return transformers.LlamaForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
 
 
-def compile_options(hf) -> dict:
-    """generate() options for transformers' compiled decoding: its static cache, and the
-    decode step compiled (it compiles by itself only on accelerators; asked to here on a
-    CPU as well). With CUDA graphs on a GPU, as transformers does by default."""
+def compile_options(hf, cache_len: int) -> dict:
+    """generate() options for transformers' compiled decoding: its static cache, one length
+    for every prompt as ours has (else each longer prompt recompiles), and the decode step
+    compiled (it compiles by itself only on accelerators; asked to here on a CPU as well).
+    With CUDA graphs on a GPU, as transformers does by default."""
     from transformers import CompileConfig
     config = CompileConfig(fullgraph=True, dynamic=False,
                            mode="reduce-overhead" if hf.device.type == "cuda" else "default")
     config._compile_all_devices = True  # the documented switch for CPUs is this private field
-    return {"cache_implementation": "static", "compile_config": config}
+    return {"cache_implementation": "static", "max_cache_len": cache_len, "compile_config": config}
 
 
 class FirstTokenClock:
@@ -51,16 +52,16 @@ class FirstTokenClock:
 
 
 @torch.inference_mode()
-def run_hf(hf, prompt: list[int], m, max_new: int, stop_ids) -> dict:
-    """transformers' greedy generate (with prompt lookup when m.drafts, compiled with its
-    static cache when m.compiled), timed as bench.run_once times ours: decode time from the
-    first new token to the last. m: a bench.Method."""
+def run_hf(hf, prompt: list[int], m, max_new: int, stop_ids, cache_len: int = 0) -> dict:
+    """transformers' greedy generate (with prompt lookup when m.drafts, compiled with a
+    static cache of cache_len when m.compiled), timed as bench.run_once times ours: decode
+    time from the first new token to the last. m: a bench.Method."""
     dev = hf.device
     ids = torch.tensor([prompt], device=dev)
     clock = FirstTokenClock(dev)
     lookup = {"prompt_lookup_num_tokens": m.drafts} if m.drafts else {}
     if m.compiled:
-        lookup.update(compile_options(hf))
+        lookup.update(compile_options(hf, cache_len))
     t0 = now(dev)
     out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
                       eos_token_id=list(stop_ids), pad_token_id=0, streamer=clock, **lookup)

@@ -168,7 +168,7 @@ def plot_learning_curve(jsonl: str, path: str):
         points = sorted((r for r in rows if r["run"] == run), key=lambda r: r["minutes"])
         for prompts, style in (("heldout", "o-"), ("humaneval", "s--")):
             ax.plot([r["minutes"] for r in points], [r[prompts] for r in points], style, label=f"{run}, {prompts}")
-    ax.set(xlabel="minutes of training (one CPU thread)", ylabel="accepted drafts / iteration (k = 5)",
+    ax.set(xlabel="minutes of training (this CPU)", ylabel="accepted drafts / iteration (k = 5)",
            title="SAT training: greedy two-step acceptance, float32")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

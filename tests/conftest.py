@@ -1,3 +1,6 @@
+"""What every test file shares: the project on the import path, the `quick` marker, the
+`--device` option and its fixture, and comparisons that hold on the CPU and on CUDA."""
+
 import os
 import shutil
 import sys

@@ -164,3 +164,11 @@ def test_acceptance_counts_what_the_two_step_loop_accepts(tmp_path):
         _, stats = generate_sdsat(model, cache, prefill(model, cache, ids), 20, Warper(), 2, 9)
         accepted, iterations = accepted + sum(stats.accepted), iterations + len(stats.accepted)
     assert row["p"] == round(accepted / iterations, 3) and row["run"] == "run"
+
+
+def test_progress_in_a_log_file_is_one_line_each(capsys):
+    """Piped into a log (not a terminal), progress is plain lines, not carriage returns."""
+    bench.progress("heldout prompt 1/4: ar")
+    bench.progress("heldout prompt 2/4: ar")
+    bench.progress("")
+    assert capsys.readouterr().err == "  heldout prompt 1/4: ar\n  heldout prompt 2/4: ar\n"

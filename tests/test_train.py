@@ -238,6 +238,7 @@ def ddp_worker(rank, port, data_dir, init_dir, out_dir, zero):
     model, _ = train_sat.train(cfg, torch.device("cpu"), rank, 2)
     if rank == 0:
         save_model(model, os.path.join(out_dir, "model"))
+    torch.distributed.barrier()  # as train_sat.main: no rank tears down while another still talks
     torch.distributed.destroy_process_group()
 
 
@@ -251,7 +252,12 @@ def test_ddp_two_processes_equal_one_process(data_dir, init_dir, tmp_path, zero)
     out = str(tmp_path / "ddp")
     torch.multiprocessing.spawn(ddp_worker, args=(port, data_dir, init_dir, out, zero), nprocs=2)
     single_out = str(tmp_path / "single")
-    single, _ = train_sat.train(small_cfg(data_dir, init_dir, single_out, batch_size=4, steps=2))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers: the same products, whatever earlier tests left set
+    try:
+        single, _ = train_sat.train(small_cfg(data_dir, init_dir, single_out, batch_size=4, steps=2))
+    finally:
+        torch.set_num_threads(threads)
     ddp = load_model(os.path.join(out, "model"))
     start = load_model(init_dir)
     for (name, a), b, c in zip(single.named_parameters(), ddp.parameters(), start.parameters()):
