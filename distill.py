@@ -2,6 +2,7 @@
 
     python distill.py --model models/smollm2-135m --data data/smollm2 --out data/smollm2-distill
     python distill.py ... --records 1024 --prompt-tokens 32 --new-tokens 224 --batch-size 32
+    python distill.py ... --records 4096 --prompt-tokens 192 --new-tokens 64 --whole-lines
 
 A SAT draft is accepted when it equals the model's own greedy choice, so the text that SATs
 should learn from is the text the model itself writes (the self-distillation of Medusa,
@@ -11,6 +12,11 @@ of G tokens:
 
     record i:   | y y y ... y | g g g g g g g g ... g |     P + G tokens
                   the prompt    what the model writes after it, greedily
+
+With --whole-lines every prompt ends at a line end, like bench.py's held-out prompts; long
+prompts and short continuations (say P = 192, G = 64) then look like what decoding meets:
+code a person wrote, then the first tokens the model writes after it. train_sat.py's
+--anchors-from P - 1 keeps every anchor in the model's own text.
 
 Records are generated B at a time, one forward pass per new token for the whole batch: on
 a CPU a batch of B rows costs far less than B passes of one row (the weights are read
@@ -46,17 +52,19 @@ from model import CheckpointError
 from tokenizer import FILES as TOKENIZER_FILES, Tokenizer, tokenizer_hash
 
 
-def pick_prompts(stream: np.ndarray, n: int, length: int, seed: list[int], first: int, avoid: set[int]) -> np.ndarray:
+def pick_prompts(stream: np.ndarray, n: int, length: int, seed: list[int], first: int, avoid: set[int],
+                 ends: set[int] | None = None) -> np.ndarray:
     """Prompts [n, length] for records first .. first + n - 1: windows of the token stream
-    that hold no document boundary (an id in `avoid`: BOS, EOS). Record i's prompt depends
-    only on (seed, i), so a resumed run draws the same ones."""
+    that hold no document boundary (an id in `avoid`: BOS, EOS) and, with `ends`, whose last
+    token is one of those (a line end). Record i's prompt depends only on (seed, i), so a
+    resumed run draws the same ones."""
     out = []
     for i in range(first, first + n):
         g = np.random.default_rng(seed + [i])
         for _ in range(1000):
             s = int(g.integers(0, len(stream) - length))
             window = stream[s:s + length]
-            if not avoid.intersection(window.tolist()):
+            if not avoid.intersection(window.tolist()) and (ends is None or int(window[-1]) in ends):
                 break
         out.append(window)
     return np.stack(out).astype(np.int64)
@@ -79,9 +87,10 @@ def continue_greedily(model, prompts: torch.Tensor, new_tokens: int) -> torch.Te
 
 
 def distill(model_dir: str, data: str, out: str, records: int, val_records: int, prompt_tokens: int,
-            new_tokens: int, batch_size: int, seed: int, device, avoid=None) -> dict:
+            new_tokens: int, batch_size: int, seed: int, device, avoid=None, whole_lines: bool = False) -> dict:
     """Write the corpus (module docstring); returns its corpus.json. avoid: the ids that mark
-    document boundaries (default: the tokenizer's BOS, EOS and padding ids)."""
+    document boundaries (default: the tokenizer's BOS, EOS and padding ids). whole_lines:
+    every prompt ends at a line end, as bench.py's held-out prompts do (needs the tokenizer)."""
     for name in ("train.bin", "val.bin", "corpus.json"):
         if not os.path.isfile(os.path.join(data, name)):
             raise SystemExit(f"error: {data} has no {name}: make it with python corpus.py --out {data} "
@@ -99,10 +108,15 @@ def distill(model_dir: str, data: str, out: str, records: int, val_records: int,
         ids = (tok.bos_id, tok.eos_id, tok.pad_id) if tok else (model.args.bos_token_id, *model.args.stop_ids)
         avoid = {i for i in ids if i is not None and i >= 0}
     avoid = set(avoid)
+    ends = None
+    if whole_lines:
+        if tok is None:
+            raise SystemExit(f"error: --whole-lines needs {data} tokenized with {model_dir}'s tokenizer")
+        ends = {i for i in range(source["vocab_size"]) if tok.decode([i]).endswith("\n")}
     R = prompt_tokens + new_tokens
     os.makedirs(out, exist_ok=True)
     report = {"model": model_dir, "source": data, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
-              "record_tokens": R, "seed": seed, "vocab_size": source["vocab_size"],
+              "record_tokens": R, "whole_lines": whole_lines, "seed": seed, "vocab_size": source["vocab_size"],
               "tokenizer_sha256": source.get("tokenizer_sha256"), "splits": {}}
     for split, n_records in (("val", val_records), ("train", records)):
         stream = np.memmap(os.path.join(data, f"{split}.bin"), dtype=np.uint16, mode="r")
@@ -117,7 +131,7 @@ def distill(model_dir: str, data: str, out: str, records: int, val_records: int,
             t0, first = time.time(), done
             while done < n_records:
                 b = min(batch_size, n_records - done)
-                prompts = pick_prompts(stream, b, prompt_tokens, [seed, split == "val"], done, avoid)
+                prompts = pick_prompts(stream, b, prompt_tokens, [seed, split == "val"], done, avoid, ends)
                 ids = continue_greedily(model, torch.from_numpy(prompts).to(device), new_tokens)
                 with open(partial, "ab") as f:
                     ids.cpu().numpy().astype(np.uint16).tofile(f)
@@ -149,6 +163,8 @@ def main():
     p.add_argument("--prompt-tokens", type=int, default=32, help="prompt tokens per record (default: %(default)s)")
     p.add_argument("--new-tokens", type=int, default=224, help="generated tokens per record (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="records generated at once (default: %(default)s)")
+    p.add_argument("--whole-lines", action="store_true",
+                   help="end every prompt at a line end, as bench.py's held-out prompts do")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt choice (default: %(default)s)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -161,7 +177,7 @@ def main():
         torch.set_num_threads(a.threads)
     try:
         report = distill(a.model, a.data, a.out, a.records, a.val_records, a.prompt_tokens, a.new_tokens,
-                         a.batch_size, a.seed, pick_device(a.device))
+                         a.batch_size, a.seed, pick_device(a.device), whole_lines=a.whole_lines)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}")
     print(f"wrote {a.out}: " + ", ".join(f"{s} {r['records']} records, {r['tokens']:,} tokens"

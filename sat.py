@@ -80,12 +80,12 @@ def sat_layout(n: int, anchors: torch.Tensor, k: int):
 
 
 def choose_anchors(step: int, cfg, n: int, batch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
-    """Anchors [B, A], sorted, distinct, in [0, n - 1 - k] so every SAT has a label."""
-    last = n - 1 - cfg.k
-    if cfg.anchors == 0 or cfg.anchors > last:
-        return torch.arange(last + 1).expand(batch, -1)
+    """Anchors [B, A], sorted, distinct, in [cfg.anchors_from, n - 1 - k] so every SAT has a label."""
+    first, last = cfg.anchors_from, n - 1 - cfg.k
+    if cfg.anchors == 0 or cfg.anchors > last - first:
+        return torch.arange(first, last + 1).expand(batch, -1)
     g = np.random.default_rng([cfg.seed, step, 1])
-    rows = [np.sort(g.choice(last + 1, cfg.anchors, replace=False)) for _ in range(batch * world)]
+    rows = [first + np.sort(g.choice(last + 1 - first, cfg.anchors, replace=False)) for _ in range(batch * world)]
     return torch.from_numpy(np.stack(rows[rank * batch:(rank + 1) * batch]))
 
 
@@ -262,17 +262,26 @@ def evaluate(model: Llama, data, cfg, max_tokens: int | None, sat_id=None) -> di
     return out
 
 
+def leading_hits(hits: torch.Tensor) -> torch.Tensor:
+    """hits [G, k] (SAT j of group g agrees with the model) -> [G], the drafts greedy
+    verification accepts: the agreements before the first miss."""
+    return hits.long().cumprod(1).sum(1)
+
+
 @torch.no_grad()
 def evaluate_adapter(model: Llama, data, cfg, sat_id: int) -> dict:
     """SAT top-1 per offset j over at most cfg.eval_tokens held-out tokens (an anchor at
-    every 4th position): against the model's own greedy choice ("sat_agree", what decides
-    acceptance) and against the text ("sat_top1"). The standard tokens' loss is the base's
-    by construction, so it is not measured again."""
+    every 4th position from cfg.anchors_from): against the model's own greedy choice
+    ("sat_agree", what decides acceptance) and against the text ("sat_top1"); and
+    "sat_accepted", the drafts greedy decoding would accept per anchor (SATs 1, 2, ... up
+    to the first disagreement), averaged. The standard tokens' loss is the base's by
+    construction, so it is not measured again."""
     dev = model.device
     agree, top1, seen = torch.zeros(cfg.k), torch.zeros(cfg.k), torch.zeros(cfg.k)
+    accepted, groups = 0.0, 0
     for w in data.val_windows(cfg.seq_len, cfg.eval_tokens):
         n = w.shape[1] - 1
-        anchors = torch.arange(0, n - cfg.k, 4, device=dev)[None]
+        anchors = torch.arange(cfg.anchors_from, n - cfg.k, 4, device=dev)[None]
         with torch.autocast(dev.type, torch.bfloat16, enabled=cfg.bf16):
             logits, labels, own, offsets = adapter_forward(model, w.to(dev), anchors, cfg.k, sat_id)
         guess = logits.argmax(-1)
@@ -281,4 +290,7 @@ def evaluate_adapter(model: Llama, data, cfg, sat_id: int) -> dict:
             agree[j] += (guess == own)[at].sum().item()
             top1[j] += (guess == labels)[at].sum().item()
             seen[j] += at.sum().item()
-    return {"sat_agree": (agree / seen).tolist(), "sat_top1": (top1 / seen).tolist()}
+        hits = (guess == own).view(-1, cfg.k)  # anchors keep all k SATs inside the window
+        accepted, groups = accepted + leading_hits(hits).sum().item(), groups + hits.shape[0]
+    return {"sat_agree": (agree / seen).tolist(), "sat_top1": (top1 / seen).tolist(),
+            "sat_accepted": accepted / max(groups, 1)}

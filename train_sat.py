@@ -73,6 +73,7 @@ class TrainConfig:
     # SAT
     k: int = 5  # SATs per anchor
     anchors: int = 32  # anchors per window; 0 = every position (dense)
+    anchors_from: int = 0  # first position an anchor may take (distill.py data: --prompt-tokens - 1)
     sat_token_id: int | None = None  # default: the config's sat_token_id, else append a row
     std_loss: str = "ce"  # ce | kl
     std_weight: float = 1.0  # lambda
@@ -123,6 +124,8 @@ HELP = {
     "tie_embeddings": "the output head shares the embedding matrix, for --mode pretrain from scratch",
     "k": "SATs per anchor: SAT j learns the token j + 1 steps ahead",
     "anchors": "anchors per window, each followed by k SATs; 0 = every position",
+    "anchors_from": "first window position an anchor may take; with distill.py records, its --prompt-tokens "
+                    "- 1 puts every anchor where the model's own text begins (default: 0)",
     "sat_token_id": "the SAT's id (default: the config's sat_token_id, else a new embedding row is appended)",
     "std_loss": "what keeps the standard tokens' predictions in place: ce, cross-entropy on the data; "
                 "kl, KL divergence to the frozen starting model",
@@ -161,7 +164,7 @@ HELP = {
 }
 CHOICES = {"mode": ["sat", "adapter", "sat-only", "pretrain"], "std_loss": ["ce", "kl"], "sat_labels": ["data", "self", "model"]}
 # The smallest value each number may take; 0 has a meaning where it is allowed (see HELP).
-MINIMUM = {"dim": 1, "n_layers": 1, "n_heads": 1, "ffn": 1, "k": 1, "anchors": 0, "std_weight": 0,
+MINIMUM = {"dim": 1, "n_layers": 1, "n_heads": 1, "ffn": 1, "k": 1, "anchors": 0, "anchors_from": 0, "std_weight": 0,
            "train_layers": 0, "seq_len": 2, "batch_size": 1, "grad_accum": 1, "steps": 0, "min_lr": 0,
            "warmup": 0, "weight_decay": 0, "grad_clip": 0, "eval_every": 1, "eval_tokens": 1,
            "final_eval_tokens": 0, "log_every": 1, "ckpt_minutes": 0, "rank": 1, "snapshot_minutes": 0, "max_minutes": 0}
@@ -176,6 +179,9 @@ def check_config(cfg: "TrainConfig"):
             raise SystemExit(f"error: --{name.replace('_', '-')} must be at least {least}, got {value}")
     if cfg.lr <= 0:
         raise SystemExit(f"error: --lr must be above 0, got {cfg.lr}")
+    if cfg.anchors_from > cfg.seq_len - 1 - cfg.k:
+        raise SystemExit(f"error: --anchors-from {cfg.anchors_from} leaves no anchor whose {cfg.k} SATs fit a "
+                         f"window of {cfg.seq_len}: use {cfg.seq_len - 1 - cfg.k} or less")
 
 
 # ----------------------------------------------------------------------------- what trains
@@ -421,7 +427,8 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
         if rank == 0 and (done % cfg.eval_every == 0 or done == last):
             if cfg.mode == "adapter":
                 ev = evaluate_adapter(model, data, cfg, sat_id)
-                line = "SAT agrees with the model " + " ".join(f"{a:.2f}" for a in ev["sat_agree"])
+                line = ("SAT agrees with the model " + " ".join(f"{a:.2f}" for a in ev["sat_agree"])
+                        + f"  accepted/anchor {ev['sat_accepted']:.2f}")
             else:
                 final = cfg.final_eval_tokens or None
                 ev = evaluate(model, data, cfg, final if done == last else cfg.eval_tokens, sat_id)

@@ -51,6 +51,23 @@ def test_records_are_prompts_from_the_split_and_the_models_own_greedy_text(corpu
     assert meta["record_tokens"] == 16 and meta["splits"]["val"]["records"] == 2
 
 
+def test_whole_line_prompts_end_at_a_line_end(corpus):
+    _, data = corpus
+    stream = np.fromfile(os.path.join(data, "train.bin"), dtype=np.uint16)
+    ends = {7, 11}  # ids standing for tokens that end a line
+    prompts = distill.pick_prompts(stream, 20, 6, [0, False], 0, {1, 2}, ends)
+    assert all(int(p[-1]) in ends and not {1, 2} & set(p.tolist()) for p in prompts)
+    anywhere = distill.pick_prompts(stream, 20, 6, [0, False], 0, {1, 2})
+    assert not all(int(p[-1]) in ends for p in anywhere)  # without it they end anywhere
+
+
+def test_whole_lines_needs_the_tokenizer_in_one_line(corpus, tmp_path):
+    model_dir, data = corpus
+    with pytest.raises(SystemExit, match="--whole-lines needs"):
+        distill.distill(model_dir, data, str(tmp_path / "o"), 2, 1, prompt_tokens=6, new_tokens=4, batch_size=2,
+                        seed=0, device=torch.device("cpu"), avoid=(1, 2), whole_lines=True)
+
+
 def test_a_killed_run_goes_on_where_it_stopped(corpus, tmp_path):
     model_dir, data = corpus
     whole, resumed = str(tmp_path / "whole"), str(tmp_path / "resumed")

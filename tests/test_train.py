@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -225,6 +226,28 @@ def test_kl_std_loss_is_zero_at_the_start(data_dir, init_dir, device):
     anchors = sat.choose_anchors(0, cfg, cfg.seq_len, cfg.batch_size).to(device)
     _, info = sat.sat_loss(model, window, anchors, cfg, 4, teacher)
     assert abs(info["l_std"]) < 1e-6 and info["ce_std"] > 1
+
+
+@pytest.mark.quick
+def test_anchors_start_where_asked_and_every_group_fits():
+    cfg = TrainConfig(k=5, anchors=8, anchors_from=40, seed=3)
+    rows = sat.choose_anchors(7, cfg, 63, 4)
+    assert rows.shape == (4, 8) and rows.min() >= 40 and rows.max() <= 63 - 1 - 5
+    assert all(torch.equal(r, r.unique()) for r in rows)  # sorted, distinct
+    cfg.anchors = 0  # dense: every position from anchors_from on
+    assert sat.choose_anchors(0, cfg, 63, 1).tolist() == [list(range(40, 58))]
+    cfg.anchors_from = 0  # the default draws the same anchors as before the option existed
+    cfg.anchors = 8
+    g = np.random.default_rng([3, 7, 1])
+    assert sat.choose_anchors(7, cfg, 63, 1).tolist() == [sorted(g.choice(58, 8, replace=False).tolist())]
+    with pytest.raises(SystemExit, match="--anchors-from 60 leaves no anchor"):
+        train_sat.check_config(TrainConfig(k=5, seq_len=63, anchors_from=60))
+
+
+@pytest.mark.quick
+def test_accepted_drafts_stop_at_the_first_miss():
+    hits = torch.tensor([[1, 1, 0, 1, 1], [0, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    assert sat.leading_hits(hits).tolist() == [2, 0, 5, 1]
 
 
 # ----------------------------------------------------------------------------- DDP
