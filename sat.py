@@ -294,3 +294,16 @@ def evaluate_adapter(model: Llama, data, cfg, sat_id: int) -> dict:
         accepted, groups = accepted + leading_hits(hits).sum().item(), groups + hits.shape[0]
     return {"sat_agree": (agree / seen).tolist(), "sat_top1": (top1 / seen).tolist(),
             "sat_accepted": accepted / max(groups, 1)}
+
+
+def describe(ev: dict) -> str:
+    """One log line for an evaluate() or evaluate_adapter() result."""
+    parts = []
+    if "val_loss" in ev:
+        parts.append(f"val loss {ev['val_loss']:.4f}" + (f"  bpb {ev['val_bpb']:.4f}" if ev["val_bpb"] else ""))
+    if "sat_agree" in ev:
+        parts.append("SAT agrees with the model " + " ".join(f"{a:.2f}" for a in ev["sat_agree"])
+                     + f"  accepted/anchor {ev['sat_accepted']:.2f}")
+    if "sat_top1" in ev:
+        parts.append("SAT top-1 " + " ".join(f"{a:.2f}" for a in ev["sat_top1"]))
+    return "  ".join(parts)

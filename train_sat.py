@@ -52,7 +52,7 @@ from adapter import new_adapter
 from checkpoint import load_adapter, load_model, save_adapter, save_model, write_json
 from machine import cpu_info, slow_bf16_warning
 from model import BASE_MODEL, CheckpointError, Llama, ModelArgs, init_weights
-from sat import adapter_loss, choose_anchors, evaluate, evaluate_adapter, lm_loss, sat_loss
+from sat import adapter_loss, choose_anchors, describe, evaluate, evaluate_adapter, lm_loss, sat_loss
 from tokenizer import FILES as TOKENIZER_FILES
 from trainer import (TokenData, adapter_minutes, distributed, fmt_time, load_checkpoint, lr_at, save_checkpoint,
                      take_snapshot)
@@ -179,6 +179,9 @@ def check_config(cfg: "TrainConfig"):
             raise SystemExit(f"error: --{name.replace('_', '-')} must be at least {least}, got {value}")
     if cfg.lr <= 0:
         raise SystemExit(f"error: --lr must be above 0, got {cfg.lr}")
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise SystemExit(f"error: --{name.replace('_', '-')} {getattr(cfg, name)}: use {', '.join(allowed)}")
     if cfg.anchors_from > cfg.seq_len - 1 - cfg.k:
         raise SystemExit(f"error: --anchors-from {cfg.anchors_from} leaves no anchor whose {cfg.k} SATs fit a "
                          f"window of {cfg.seq_len}: use {cfg.seq_len - 1 - cfg.k} or less")
@@ -315,10 +318,6 @@ def resolve_precision(cfg: TrainConfig, device: torch.device, log=print):
 
 def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
     check_config(cfg)
-    if cfg.mode not in CHOICES["mode"]:
-        raise SystemExit(f"error: --mode {cfg.mode}: use {', '.join(CHOICES['mode'])}")
-    if cfg.std_loss not in ("ce", "kl") or cfg.sat_labels not in ("data", "self", "model"):
-        raise SystemExit("error: --std-loss is ce or kl; --sat-labels is data, self or model")
     if cfg.mode == "adapter" and cfg.sat_labels == "self":
         raise SystemExit("error: --mode adapter learns from --sat-labels data or model (for the model's own "
                          "greedy text, train on a corpus written by distill.py)")
@@ -425,17 +424,11 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
         if rank == 0 and cfg.mode == "adapter" and cfg.snapshot_minutes:
             take_snapshot(model, state, cfg, final=done == last)
         if rank == 0 and (done % cfg.eval_every == 0 or done == last):
-            if cfg.mode == "adapter":
-                ev = evaluate_adapter(model, data, cfg, sat_id)
-                line = ("SAT agrees with the model " + " ".join(f"{a:.2f}" for a in ev["sat_agree"])
-                        + f"  accepted/anchor {ev['sat_accepted']:.2f}")
-            else:
-                final = cfg.final_eval_tokens or None
-                ev = evaluate(model, data, cfg, final if done == last else cfg.eval_tokens, sat_id)
-                line = f"val loss {ev['val_loss']:.4f}" + (f"  bpb {ev['val_bpb']:.4f}" if ev['val_bpb'] else "")
-            line += f"  SAT top-1 {' '.join(f'{a:.2f}' for a in ev['sat_top1'])}" if "sat_top1" in ev else ""
+            tokens = (cfg.final_eval_tokens or None) if done == last else cfg.eval_tokens
+            ev = (evaluate_adapter(model, data, cfg, sat_id) if cfg.mode == "adapter" else
+                  evaluate(model, data, cfg, tokens, sat_id))
             state["log"].append({"step": done, **info_sum, **ev, "elapsed": state["elapsed"]})
-            log(f"eval step {done}: {line}", flush=True)
+            log(f"eval step {done}: {describe(ev)}", flush=True)
         if done == last:
             save_checkpoint(ckpt_path, trained, opt, state, rank)  # again, now with the final evaluation
     return model, state
