@@ -258,7 +258,8 @@ def summarise(methods: list[Method], runs: dict) -> dict:
 def acceptance(model_dirs: list[str], prompts: dict, k: int, max_new: int, sat_id: int | None, device,
                label: str | None = None) -> list[dict]:
     """--acceptance: mean accepted drafts per iteration of greedy two-step decoding, k SATs,
-    float32, per model and prompt set. No timing: acceptance does not depend on the machine.
+    float32, per model and prompt set, and the share of iterations that accepted at least j
+    drafts. No timing: acceptance does not depend on the machine.
     A row also gives the model's minutes of training, where its training.json says."""
     rows = []
     for path in model_dirs:
@@ -272,14 +273,17 @@ def acceptance(model_dirs: list[str], prompts: dict, k: int, max_new: int, sat_i
             row["minutes"] = round(r["minutes"] if "minutes" in r else
                                    (r.get("elapsed_before", 0) + r.get("elapsed", 0)) / 60, 2)
         for name, encoded in prompts.items():
-            accepted = iterations = 0
+            counts = []  # accepted drafts of every iteration
             for i, ids in enumerate(encoded):
                 progress(f"{os.path.basename(path)} {name} {i + 1}/{len(encoded)}")
                 cache = model.new_cache(len(ids) + max_new + k + 1)
                 logits = prefill(model, cache, ids)
                 _, stats = generate_sdsat(model, cache, logits, max_new, Warper(), k, sat, model.args.stop_ids)
-                accepted, iterations = accepted + sum(stats.accepted), iterations + len(stats.accepted)
-            row[name] = round(accepted / max(1, iterations), 3)
+                counts += stats.accepted
+            row[name] = round(sum(counts) / max(1, len(counts)), 3)
+            # where drafts fail: the share of iterations that accepted at least j drafts, j = 1..k
+            row[f"{name}_at_least"] = [round(sum(c >= j for c in counts) / max(1, len(counts)), 3)
+                                       for j in range(1, k + 1)]
         progress("")
         print(json.dumps(row), flush=True)
         rows.append(row)

@@ -159,11 +159,16 @@ def test_acceptance_counts_what_the_two_step_loop_accepts(tmp_path):
     prompts = {"p": [[1, 2, 3, 4], [5, 6, 7, 1, 2]]}
     row = bench.acceptance([str(tmp_path / "m")], prompts, 2, 20, 9, torch.device("cpu"), "run")[0]
     accepted = iterations = 0
+    histogram = [0, 0, 0]  # iterations that accepted 0, 1, 2 drafts
     for ids in prompts["p"]:
         cache = model.new_cache(64)
         _, stats = generate_sdsat(model, cache, prefill(model, cache, ids), 20, Warper(), 2, 9)
         accepted, iterations = accepted + sum(stats.accepted), iterations + len(stats.accepted)
+        for a in stats.accepted:
+            histogram[a] += 1
     assert row["p"] == round(accepted / iterations, 3) and row["run"] == "run"
+    assert row["p_at_least"] == [round((histogram[1] + histogram[2]) / iterations, 3),
+                                 round(histogram[2] / iterations, 3)]
 
 
 def test_progress_in_a_log_file_is_one_line_each(capsys):
