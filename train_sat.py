@@ -108,8 +108,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop after this many minutes of training (0 = when --steps are done)
 
 
-# --help for every TrainConfig field (main() turns each field into an option), and the
-# values a field can take where it is a choice.
+# --help for every TrainConfig field (main() turns each into an option); a choice's values.
 HELP = {
     "mode": "sat: SAT fine-tuning with the frozen-embedding loss; adapter: a SAT adapter on a frozen base; "
             "sat-only: train only the SAT's embedding row; pretrain: plain next-token loss, every parameter trains",
@@ -436,22 +435,23 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
 
 def export(model: Llama, state: dict, cfg: TrainConfig, path: str):
     """The trained model in Hugging Face layout (bf16), with its tokenizer and reports; in
-    adapter mode the adapter alone (bf16), naming its base."""
+    adapter mode the adapter alone (bf16), naming its base. A run that went on from an
+    earlier fine-tune (--init, or --init-adapter) keeps every phase's report, in order."""
+    report = dict(state)
+    start = cfg.init_adapter if cfg.mode == "adapter" else cfg.init
+    if start and os.path.isfile(os.path.join(start, "training.json")):
+        with open(os.path.join(start, "training.json")) as f:
+            earlier = json.load(f)
+        if earlier.get("config", {}).get("mode", "pretrain") != "pretrain":  # a fine-tune of a fine-tune
+            report["phases"] = earlier.get("phases", [earlier]) + [state]
     if cfg.mode == "adapter":
-        save_adapter(model, path, cfg.init, torch.bfloat16, dict(state))
+        save_adapter(model, path, cfg.init, torch.bfloat16, report)
         print(f"exported the adapter to {path} (its base: {cfg.init})")
         return
     save_model(model, path, dtype=torch.bfloat16)
     for name in TOKENIZER_FILES + ("tokenizer_config.json", "corpus.json"):
         if os.path.isfile(os.path.join(cfg.data, name)):
             shutil.copy(os.path.join(cfg.data, name), os.path.join(path, name))
-    report = dict(state)
-    start_report = os.path.join(cfg.init, "training.json") if cfg.init else ""
-    if os.path.isfile(start_report):
-        with open(start_report) as f:
-            start = json.load(f)
-        if start.get("config", {}).get("mode", "pretrain") != "pretrain":  # a fine-tune of a fine-tune
-            report["phases"] = start.get("phases", [start]) + [state]  # every phase's report, in order
     write_json(os.path.join(path, "training.json"), report)
     print(f"exported to {path}")
 

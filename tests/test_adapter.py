@@ -135,6 +135,14 @@ def test_adapter_training_learns_and_exports(tmp_path):
     assert loaded.adapter.rank == 4 and loaded.args.sat_k == 3
     tokens = torch.tensor([[1, 2, 3, 49, 49, 49]])
     torch.testing.assert_close(loaded(tokens), model.eval()(tokens), atol=0.05, rtol=0.05)  # saved in bf16
+    # a second phase from the export (--init-adapter) keeps both phases' reports
+    cfg2 = train_sat.TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "run2"), "steps": 2,
+                                    "init_adapter": str(tmp_path / "adapter")})
+    model2, state2 = train_sat.train(cfg2)
+    train_sat.export(model2, state2, cfg2, str(tmp_path / "adapter2"))
+    report = json.loads((tmp_path / "adapter2" / "training.json").read_text())
+    assert [p["config"]["init_adapter"] for p in report["phases"]] == [None, str(tmp_path / "adapter")]
+    assert [p["step"] for p in report["phases"]] == [30, 2]
 
 
 def test_save_load_round_trip_and_wrong_base(tmp_path):
