@@ -15,6 +15,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def pytest_configure(config):
     config.addinivalue_line("markers", "quick: the first check, under 2 minutes: model parity, greedy "
                                        "equality, the command lines (python -m pytest -m quick tests)")
+    # torch's own inductor imports torch.utils.mkldnn, which still uses a deprecated torch.jit
+    # decorator: not ours to fix, and it would print a warnings summary on every run.
+    config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 
 
 def pytest_addoption(parser):
