@@ -56,6 +56,7 @@ from decode_tree import TREE_DEPTH5, build_tree, generate_sdsat_tree
 from machine import now, pick_device, slow_bf16_warning
 from model import DEFAULT_MODEL, DTYPES, Llama
 from sampling import Warper
+from sat import adapter_forward, draft_ranks, rank_stats
 from tokenizer import Tokenizer
 
 OUT = "runs/bench"  # git-ignored: committed results change only with an explicit --out
@@ -273,21 +274,38 @@ def acceptance(model_dirs: list[str], prompts: dict, k: int, max_new: int, sat_i
             row["minutes"] = round(r["minutes"] if "minutes" in r else
                                    (r.get("elapsed_before", 0) + r.get("elapsed", 0)) / 60, 2)
         for name, encoded in prompts.items():
-            counts = []  # accepted drafts of every iteration
+            counts, ranked = [], ([], [])  # accepted drafts of every iteration; SAT logits, the model's tokens
             for i, ids in enumerate(encoded):
                 progress(f"{os.path.basename(path)} {name} {i + 1}/{len(encoded)}")
                 cache = model.new_cache(len(ids) + max_new + k + 1)
                 logits = prefill(model, cache, ids)
-                _, stats = generate_sdsat(model, cache, logits, max_new, Warper(), k, sat, model.args.stop_ids)
+                text, stats = generate_sdsat(model, cache, logits, max_new, Warper(), k, sat, model.args.stop_ids)
                 counts += stats.accepted
+                for part, got in zip(ranked, sat_candidates(model, ids + text, len(ids), k, sat)):
+                    part.append(got)
             row[name] = round(sum(counts) / max(1, len(counts)), 3)
             # where drafts fail: the share of iterations that accepted at least j drafts, j = 1..k
             row[f"{name}_at_least"] = [round(sum(c >= j for c in counts) / max(1, len(counts)), 3)
                                        for j in range(1, k + 1)]
+            sat_logits, own = torch.cat(ranked[0]), torch.cat(ranked[1])
+            # what a draft tree can use: hit rates at ranks 1, 2, 4 per SAT; calibration; every anchor's ranks
+            row[f"{name}_ranks"] = rank_stats(sat_logits, own)
+            row[f"{name}_ranks"]["rows"] = draft_ranks(sat_logits, own).tolist()
         progress("")
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
+
+
+def sat_candidates(model: Llama, ids: list[int], prompt_len: int, k: int, sat_id: int):
+    """The SAT groups of a draft pass at every position of the model's own text after the
+    prompt, in one forward (the training layout, sat.adapter_forward): (SAT logits [A, k, V],
+    the model's own tokens [A, k]) for anchors p = prompt_len - 1 .. len(ids) - 2 - k. The
+    text is the model's greedy text, so each group sees what a draft pass there would."""
+    window = torch.tensor([ids + [0]], device=model.device)  # + one unread label slot
+    anchors = torch.arange(prompt_len - 1, len(ids) - k, device=model.device)[None]
+    logits, _, own_logits, _ = adapter_forward(model, window, anchors, k, sat_id)
+    return logits.view(-1, k, logits.shape[-1]).float(), own_logits.argmax(-1).view(-1, k)
 
 
 def main():

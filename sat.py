@@ -189,13 +189,16 @@ def own_labels(std_logits: torch.Tensor, positions: torch.Tensor, data_labels: t
 
 def adapter_forward(model: Llama, window, anchors, k: int, sat_id: int, net=None):
     """The SAT groups of windows [B, n + 1] through the adapter model: (SAT logits [B, S, V],
-    data labels [B, S], the model's own labels [B, S], offsets j [B, S]), S = anchors x k.
+    data labels [B, S], the model's own logits at each SAT's target [B, S, V], offsets j
+    [B, S]), S = anchors x k.
 
     The standard tokens y[0..n-1] run once, without autograd, into a KV cache; they see no
-    SAT, so this is the frozen base. Then only the SAT groups run (with gradients, if
-    enabled) at positions p + j, each seeing the cache up to its anchor and its own group:
-    the layout's mask, rows n and after. net: the model as called (a DistributedDataParallel
-    wrapper under torchrun), default the model itself."""
+    SAT, so this is the frozen base. Its logits at standard position p + j are the model's
+    own distribution for the token SAT j of anchor p stands for (own_labels: their argmax).
+    Then only the SAT groups run (with gradients, if enabled) at positions p + j, each
+    seeing the cache up to its anchor and its own group: the layout's mask, rows n and
+    after. net: the model as called (a DistributedDataParallel wrapper under torchrun),
+    default the model itself."""
     net = net or model
     B, n = window.shape[0], window.shape[1] - 1
     _, positions, mask, labels, offsets = sat_batch(window, anchors, k, sat_id)
@@ -203,24 +206,43 @@ def adapter_forward(model: Llama, window, anchors, k: int, sat_id: int, net=None
     cache = model.new_cache(n + S, batch_size=B)
     with torch.no_grad():
         std_logits = net(window[:, :n], cache=cache)  # [B, n, V]
-    own = own_labels(std_logits, positions[:, n:], labels[:, n:])
+    at = positions[:, n:].clamp(max=n - 1)  # [B, S]: p + j (past the window: ignored labels)
+    own_logits = std_logits.gather(1, at[..., None].expand(-1, -1, std_logits.shape[-1]))  # [B, S, V]
     sats = torch.full((B, S), sat_id, device=window.device)
     logits = net(sats, positions=positions[:, n:], mask=mask[:, :, n:], cache=cache)  # [B, S, V]
-    return logits, labels[:, n:], own, offsets[:, n:]
+    return logits, labels[:, n:], own_logits, offsets[:, n:]
+
+
+def soft_loss(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p_model || p_SAT) per row, [..]: how far the SAT's distribution (logits) is from
+    the model's own (target_logits), over the whole vocabulary. Self-distillation with the
+    full distribution (Medusa-2, EAGLE) rather than its argmax: it also teaches the order
+    of the runners-up, which a token tree drafts from."""
+    log_p = target_logits.float().log_softmax(-1)
+    log_q = logits.float().log_softmax(-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
 def adapter_loss(model: Llama, window, anchors, cfg, sat_id: int, net=None):
-    """CE_sat on one batch for the SAT adapter (adapter.py), whose base is frozen: standard
-    outputs are the base's by construction, so there is no L_std (adapter_forward).
-    cfg: a train_sat.TrainConfig (k, sat_labels: data or model, offset_weights)."""
-    logits, labels, own, offsets = adapter_forward(model, window, anchors, cfg.k, sat_id, net)
+    """The SAT loss on one batch for the SAT adapter (adapter.py), whose base is frozen:
+    standard outputs are the base's by construction, so there is no L_std (adapter_forward).
+    Per SAT: (1 - w) CE(label) + w KL(p_model || p_SAT), w = cfg.soft_labels; the label
+    is the model's argmax (--sat-labels model) or the text's token (data).
+    cfg: a train_sat.TrainConfig (k, sat_labels, soft_labels, offset_weights)."""
+    logits, labels, own_logits, offsets = adapter_forward(model, window, anchors, cfg.k, sat_id, net)
+    valid = labels != IGNORE
     if cfg.sat_labels == "model":
-        labels = own
+        labels = own_logits.argmax(-1).masked_fill(~valid, IGNORE)
     logits = logits.float()
     ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none")
-    valid = labels != IGNORE
-    ce_sat, info = per_offset(ce.view(labels.shape), valid, offsets, cfg)
-    info["top1"] = (logits.argmax(-1) == labels)[valid].float().mean().item()
+    loss = ce.view(labels.shape)
+    info = {}
+    if cfg.soft_labels:
+        kl = soft_loss(logits, own_logits)
+        loss = (1 - cfg.soft_labels) * loss + cfg.soft_labels * kl
+        info["kl"] = kl[valid].mean().item()
+    ce_sat, per = per_offset(loss, valid, offsets, cfg)
+    info.update(per, top1=(logits.argmax(-1) == labels)[valid].float().mean().item())
     return ce_sat, info
 
 
@@ -283,8 +305,8 @@ def evaluate_adapter(model: Llama, data, cfg, sat_id: int) -> dict:
         n = w.shape[1] - 1
         anchors = torch.arange(cfg.anchors_from, n - cfg.k, 4, device=dev)[None]
         with torch.autocast(dev.type, torch.bfloat16, enabled=cfg.bf16):
-            logits, labels, own, offsets = adapter_forward(model, w.to(dev), anchors, cfg.k, sat_id)
-        guess = logits.argmax(-1)
+            logits, labels, own_logits, offsets = adapter_forward(model, w.to(dev), anchors, cfg.k, sat_id)
+        guess, own = logits.argmax(-1), own_logits.argmax(-1)
         for j in range(cfg.k):
             at = (offsets == j + 1) & (labels != IGNORE)
             agree[j] += (guess == own)[at].sum().item()
@@ -307,3 +329,39 @@ def describe(ev: dict) -> str:
     if "sat_top1" in ev:
         parts.append("SAT top-1 " + " ".join(f"{a:.2f}" for a in ev["sat_top1"]))
     return "  ".join(parts)
+
+
+# ----------------------------------------------------------------------------- what a draft tree needs
+
+TOP_RANKS = (1, 2, 4)  # the ranks bench.py --acceptance reports hit rates at
+CALIBRATION_BINS = 10  # of the SAT's top-1 probability, [0, 0.1), ..., [0.9, 1]
+
+
+def draft_ranks(sat_logits: torch.Tensor, labels: torch.Tensor, cap: int = 8) -> torch.Tensor:
+    """sat_logits [N, k, V], labels [N, k] (the model's own tokens) -> [N, k]: the rank of
+    the model's token among SAT j's candidates (0 = its top-1), or -1 past `cap`. A tree
+    whose node at depth j holds SAT j's candidate of rank r is accepted along a path of
+    ranks exactly where these rows begin with that path."""
+    label_logit = sat_logits.gather(-1, labels[..., None])  # [N, k, 1]
+    rank = (sat_logits > label_logit).sum(-1)  # candidates scored above the model's token
+    return rank.masked_fill(rank >= cap, -1)
+
+
+def rank_stats(sat_logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """What a draft tree can use, from SAT logits [N, k, V] and the model's tokens [N, k]:
+    per offset j, the share of anchors whose token is SAT j's rank-1, within its top 2,
+    within its top 4 ("top"); and calibration of SAT 1..k's top-1 probability, binned: per
+    bin its mean predicted probability, the observed hit rate and the count."""
+    ranks = draft_ranks(sat_logits, labels)
+    hit = (ranks >= 0)
+    top = {r: ((ranks < r) & hit).float().mean(0).tolist() for r in TOP_RANKS}
+    p = sat_logits.float().softmax(-1).amax(-1).flatten()  # [N * k] the top-1 candidate's probability
+    right = (ranks == 0).flatten().float()
+    b = (p * CALIBRATION_BINS).long().clamp(max=CALIBRATION_BINS - 1)
+    bins = []
+    for i in range(CALIBRATION_BINS):
+        at = b == i
+        if at.any():
+            bins.append({"bin": [i / CALIBRATION_BINS, (i + 1) / CALIBRATION_BINS], "count": int(at.sum()),
+                         "predicted": round(p[at].mean().item(), 4), "hit": round(right[at].mean().item(), 4)})
+    return {"top": {str(r): [round(x, 4) for x in v] for r, v in top.items()}, "calibration": bins}

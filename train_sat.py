@@ -41,6 +41,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 if __name__ == "__main__":  # Ctrl-C while torch is still loading: exit quietly, status 130
     signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
@@ -50,12 +51,11 @@ import torch.distributed as dist
 
 from adapter import new_adapter
 from checkpoint import load_adapter, load_model, save_adapter, save_model, write_json
-from machine import cpu_info, slow_bf16_warning
 from model import BASE_MODEL, CheckpointError, Llama, ModelArgs, init_weights
 from sat import adapter_loss, choose_anchors, describe, evaluate, evaluate_adapter, lm_loss, sat_loss
 from tokenizer import FILES as TOKENIZER_FILES
-from trainer import (TokenData, adapter_minutes, distributed, fmt_time, load_checkpoint, lr_at, save_checkpoint,
-                     take_snapshot)
+from trainer import (TokenData, adapter_minutes, distributed, fmt_time, load_checkpoint, lr_at, make_optimizer,
+                     resolve_precision, save_checkpoint, take_snapshot)
 
 
 @dataclass
@@ -79,6 +79,7 @@ class TrainConfig:
     std_weight: float = 1.0  # lambda
     offset_weights: str = ""  # e.g. "1,1,1,0.5,0.5": weight of CE at SAT offset j
     sat_labels: str = "data"  # data | self (the starting model's own greedy continuation) | model (its argmax at p+j)
+    soft_labels: float = 0.0  # adapter mode: weight w of KL(p_model || p_SAT) beside (1 - w) CE(label)
     train_layers: int = 0  # sat mode: train only the top N blocks (0 = all); the rest stay frozen
     sat_row: bool = True  # train the SAT's embedding row; off: an existing token's row stays as it is, and
     #                       no gradient flows below the trained blocks (a much cheaper backward pass)
@@ -133,6 +134,8 @@ HELP = {
                       "(default: empty, every offset weighs 1)",
     "sat_labels": "what SAT j learns: data, the text's token j + 1 ahead; self, the starting model's own greedy "
                   "continuation; model, the model's own prediction at position p + j of the text",
+    "soft_labels": "adapter mode: weight w of the soft loss, KL from the model's own distribution at the SAT's "
+                   "target position to the SAT's; the loss is (1 - w) CE(label) + w KL (0: hard labels only)",
     "seq_len": "tokens per training window",
     "batch_size": "windows per step, per process",
     "grad_accum": "micro-batches accumulated per optimiser step",
@@ -178,6 +181,10 @@ def check_config(cfg: "TrainConfig"):
             raise SystemExit(f"error: --{name.replace('_', '-')} must be at least {least}, got {value}")
     if cfg.lr <= 0:
         raise SystemExit(f"error: --lr must be above 0, got {cfg.lr}")
+    if not 0 <= cfg.soft_labels <= 1:
+        raise SystemExit(f"error: --soft-labels must be between 0 and 1, got {cfg.soft_labels}")
+    if cfg.soft_labels and cfg.mode != "adapter":
+        raise SystemExit("error: --soft-labels is for --mode adapter")
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise SystemExit(f"error: --{name.replace('_', '-')} {getattr(cfg, name)}: use {', '.join(allowed)}")
@@ -186,23 +193,112 @@ def check_config(cfg: "TrainConfig"):
                          f"window of {cfg.seq_len}: use {cfg.seq_len - 1 - cfg.k} or less")
 
 
-# ----------------------------------------------------------------------------- what trains
+# ----------------------------------------------------------------------------- the modes
+#
+# Each mode in one place: what it loads, what trains, its loss and its evaluation. The loop
+# in train() below then reads the same for every mode.
 
 
-def build_model(cfg: TrainConfig, vocab_size: int, special: dict, device) -> Llama:
-    if cfg.init:  # a frozen base under bf16 autocast is kept in bf16: half the memory, same products
-        dtype = torch.bfloat16 if cfg.mode == "adapter" and cfg.bf16 else torch.float32
-        return load_model(cfg.init, device=device, dtype=dtype).train()
-    if cfg.mode != "pretrain":
-        raise SystemExit("error: --mode sat needs --init: the model to fine-tune")
-    args = ModelArgs(hidden_size=cfg.dim, intermediate_size=cfg.ffn, num_hidden_layers=cfg.n_layers,
-                     num_attention_heads=cfg.n_heads, vocab_size=vocab_size,
-                     max_position_embeddings=cfg.seq_len, tie_word_embeddings=cfg.tie_embeddings,
-                     rope_theta=10000.0, rms_norm_eps=1e-5, **special)
-    torch.manual_seed(cfg.seed)
-    model = Llama(args)
-    init_weights(model)
-    return model.to(device).train()
+def load_init(cfg: TrainConfig, device, dtype=torch.float32) -> Llama:
+    if not cfg.init:
+        raise SystemExit(f"error: --mode {cfg.mode} needs --init: the model to fine-tune")
+    return load_model(cfg.init, device=device, dtype=dtype).train()
+
+
+@dataclass
+class Mode:
+    model: Llama
+    trained: torch.nn.Module  # whose parameters train: the model, or its adapter
+    trainable: int  # parameters that train
+    loss: Callable  # (net, window [B, N + 1], batch number s) -> (loss, info); net: the model as called (DDP)
+    evaluate: Callable  # (tokens: held-out tokens, None = all) -> dict
+    sat_id: int | None = None
+    after_backward: Callable = lambda: None
+    snapshots: bool = False  # keep the adapter every --snapshot-minutes (the learning curve)
+
+
+def pretrain_mode(cfg: TrainConfig, data: TokenData, device, rank: int, world: int) -> Mode:
+    """Plain next-token loss; every parameter of a new (or --init) model trains."""
+    if cfg.init:
+        model = load_init(cfg, device)
+    else:
+        args = ModelArgs(hidden_size=cfg.dim, intermediate_size=cfg.ffn, num_hidden_layers=cfg.n_layers,
+                         num_attention_heads=cfg.n_heads, vocab_size=data.meta["vocab_size"],
+                         max_position_embeddings=cfg.seq_len, tie_word_embeddings=cfg.tie_embeddings,
+                         rope_theta=10000.0, rms_norm_eps=1e-5, **special_ids(cfg.data))
+        torch.manual_seed(cfg.seed)
+        model = Llama(args)
+        init_weights(model)
+        model = model.to(device).train()
+    return Mode(model, model, sum(p.numel() for p in model.parameters()),
+                loss=lambda net, window, s: lm_loss(net, window),
+                evaluate=lambda tokens: evaluate(model, data, cfg, tokens))
+
+
+def sat_mode(cfg: TrainConfig, data: TokenData, device, rank: int, world: int) -> Mode:
+    """--mode sat (blocks and the SAT's embedding row) and sat-only (the row alone): the
+    frozen-embedding loss, CE_sat + lambda * L_std (sat.sat_loss)."""
+    model = load_init(cfg, device)
+    teacher = None
+    if cfg.std_loss == "kl" or cfg.sat_labels == "self":
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)  # the frozen start
+        if cfg.bf16:  # it only runs under bf16 autocast: half the memory, same matmuls
+            teacher = teacher.to(torch.bfloat16)
+    sat_id = cfg.sat_token_id if cfg.sat_token_id is not None else model.args.sat_token_id
+    if sat_id is None:
+        sat_id = add_sat_row(model)
+        print(f"no spare SAT id given: appended row {sat_id} to the vocabulary")
+    elif not 0 <= sat_id < model.args.vocab_size:
+        raise SystemExit(f"error: SAT id {sat_id} is outside the vocabulary (0..{model.args.vocab_size - 1})")
+    model.args.sat_token_id, model.args.sat_k = sat_id, cfg.k
+    if cfg.train_layers > model.args.num_hidden_layers:
+        raise SystemExit(f"error: --train-layers {cfg.train_layers}, but the model has "
+                         f"{model.args.num_hidden_layers} blocks (0 = all of them)")
+    first = model.args.num_hidden_layers - cfg.train_layers if cfg.train_layers else 0
+    for name, p in model.named_parameters():
+        block = name.startswith("layers.") and int(name.split(".")[1]) >= first
+        p.requires_grad = (name == "embed_tokens.weight" and cfg.sat_row) or (block and cfg.mode == "sat")
+    trainable = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and n != "embed_tokens.weight")
+
+    def loss(net, window, s):
+        anchors = choose_anchors(s, cfg, cfg.seq_len, cfg.batch_size, rank, world).to(device)
+        return sat_loss(net, window, anchors, cfg, sat_id, teacher)
+    return Mode(model, model, trainable + (model.args.hidden_size if cfg.sat_row else 0), loss,
+                evaluate=lambda tokens: evaluate(model, data, cfg, tokens, sat_id), sat_id=sat_id,
+                after_backward=lambda: keep_frozen_rows(model, sat_id))
+
+
+def adapter_mode(cfg: TrainConfig, data: TokenData, device, rank: int, world: int) -> Mode:
+    """The base, frozen (in bf16 under bf16 autocast: half the memory, the same products),
+    and a SAT adapter that trains (float32): a new one, or --init-adapter's."""
+    model = load_init(cfg, device, torch.bfloat16 if cfg.bf16 else torch.float32)
+    sat_id = cfg.sat_token_id if cfg.sat_token_id is not None else model.args.sat_token_id
+    if sat_id is None:
+        raise SystemExit("error: --mode adapter needs --sat-token-id: an id of the vocabulary the model never "
+                         "writes (a spare special token); the adapter gives it an embedding of its own")
+    if cfg.sat_labels == "self":
+        raise SystemExit("error: --mode adapter learns from --sat-labels data or model (for the model's own "
+                         "greedy text, train on a corpus written by distill.py)")
+    model.requires_grad_(False)
+    if cfg.init_adapter:
+        adapter = load_adapter(model, cfg.init_adapter, cfg.init, torch.float32)
+        if (adapter.rank, adapter.sat_id) != (cfg.rank, sat_id):
+            raise SystemExit(f"error: --init-adapter {cfg.init_adapter} has rank {adapter.rank} and SAT id "
+                             f"{adapter.sat_id}, not --rank {cfg.rank} and SAT id {sat_id}")
+        adapter.sat_k = cfg.k
+    else:
+        adapter = new_adapter(model, cfg.rank, sat_id, cfg.k, seed=cfg.seed, dtype=torch.float32)
+    model.args.sat_k = cfg.k
+    adapter.requires_grad_(True)
+
+    def loss(net, window, s):
+        anchors = choose_anchors(s, cfg, cfg.seq_len, cfg.batch_size, rank, world).to(device)
+        return adapter_loss(model, window, anchors, cfg, sat_id, net)
+    return Mode(model, adapter, sum(p.numel() for p in adapter.parameters()), loss,
+                evaluate=lambda tokens: evaluate_adapter(model, data, cfg, sat_id), sat_id=sat_id, snapshots=True)
+
+
+MODES = {"pretrain": pretrain_mode, "sat": sat_mode, "sat-only": sat_mode, "adapter": adapter_mode}
 
 
 def add_sat_row(model: Llama) -> int:
@@ -220,46 +316,6 @@ def add_sat_row(model: Llama) -> int:
     return model.args.vocab_size - 1
 
 
-def setup_sat(model: Llama, cfg: TrainConfig) -> int:
-    """Choose the SAT id, freeze what must not train; returns the SAT id."""
-    sat_id = cfg.sat_token_id if cfg.sat_token_id is not None else model.args.sat_token_id
-    if sat_id is None:
-        sat_id = add_sat_row(model)
-        print(f"no spare SAT id given: appended row {sat_id} to the vocabulary")
-    elif not 0 <= sat_id < model.args.vocab_size:
-        raise SystemExit(f"error: SAT id {sat_id} is outside the vocabulary (0..{model.args.vocab_size - 1})")
-    model.args.sat_token_id, model.args.sat_k = sat_id, cfg.k
-    if cfg.train_layers > model.args.num_hidden_layers:
-        raise SystemExit(f"error: --train-layers {cfg.train_layers}, but the model has "
-                         f"{model.args.num_hidden_layers} blocks (0 = all of them)")
-    first = model.args.num_hidden_layers - cfg.train_layers if cfg.train_layers else 0
-    for name, p in model.named_parameters():
-        block = name.startswith("layers.") and int(name.split(".")[1]) >= first
-        p.requires_grad = (name == "embed_tokens.weight" and cfg.sat_row) or (block and cfg.mode == "sat")
-    return sat_id
-
-
-def setup_adapter(model: Llama, cfg: TrainConfig) -> int:
-    """Freeze the whole base, put a new SAT adapter on it (or the one of --init-adapter);
-    returns the SAT id."""
-    sat_id = cfg.sat_token_id if cfg.sat_token_id is not None else model.args.sat_token_id
-    if sat_id is None:
-        raise SystemExit("error: --mode adapter needs --sat-token-id: an id of the vocabulary the model never "
-                         "writes (a spare special token); the adapter gives it an embedding of its own")
-    model.requires_grad_(False)
-    if cfg.init_adapter:
-        adapter = load_adapter(model, cfg.init_adapter, cfg.init, torch.float32)
-        if (adapter.rank, adapter.sat_id) != (cfg.rank, sat_id):
-            raise SystemExit(f"error: --init-adapter {cfg.init_adapter} has rank {adapter.rank} and SAT id "
-                             f"{adapter.sat_id}, not --rank {cfg.rank} and SAT id {sat_id}")
-        adapter.sat_k = cfg.k
-    else:
-        adapter = new_adapter(model, cfg.rank, sat_id, cfg.k, seed=cfg.seed, dtype=torch.float32)
-    model.args.sat_k = cfg.k
-    adapter.requires_grad_(True)
-    return sat_id
-
-
 def keep_frozen_rows(model: Llama, sat_id: int):
     """Zero the gradient of every embedding row but the SAT's (called after backward).
 
@@ -272,25 +328,6 @@ def keep_frozen_rows(model: Llama, sat_id: int):
         grad[sat_id] = sat_row
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, world: int = 1) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters of `model` (in adapter mode, the adapter). No
-    weight decay on norms and vectors, and none on the embedding while SAT training (decay
-    would move the frozen rows). With --zero under torchrun, each rank keeps the
-    AdamW moments of its share of the parameters only (ZeRO stage 1)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        frozen_rows = cfg.mode != "pretrain" and name == "embed_tokens.weight"
-        (decay if p.dim() >= 2 and not frozen_rows else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.zero and world > 1:
-        from torch.distributed.optim import ZeroRedundancyOptimizer
-        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, lr=cfg.lr, betas=(0.9, 0.95),
-                                       eps=1e-8)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
-
-
 def special_ids(data_dir: str) -> dict:
     from tokenizer import SAT_PIECE, Tokenizer
     tok = Tokenizer(data_dir)
@@ -301,25 +338,8 @@ def special_ids(data_dir: str) -> dict:
 # ----------------------------------------------------------------------------- the loop
 
 
-def resolve_precision(cfg: TrainConfig, device: torch.device, log=print):
-    """--bf16 unset: bfloat16 autocast on CUDA and on a CPU with bf16 instructions, float32
-    on any other CPU (its bf16 matmuls take a slow path: 20x slower here). Says which."""
-    info = cpu_info() if device.type == "cpu" else None
-    fast = device.type == "cuda" or (info is not None and bool(info[1]))
-    if cfg.bf16 is None:
-        cfg.bf16 = fast
-        why = ("CUDA" if device.type == "cuda" else f"this CPU has {', '.join(info[1])}" if fast else
-               f"this CPU ({info[0] if info else 'unknown'}) has no bf16 instructions; --bf16 to use it anyway")
-        log(f"precision: {'bfloat16 autocast' if cfg.bf16 else 'float32'} ({why})")
-    elif cfg.bf16 and (warning := slow_bf16_warning(device)):
-        log(warning)
-
-
 def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
     check_config(cfg)
-    if cfg.mode == "adapter" and cfg.sat_labels == "self":
-        raise SystemExit("error: --mode adapter learns from --sat-labels data or model (for the model's own "
-                         "greedy text, train on a corpus written by distill.py)")
     device = device or torch.device("cpu")
     log = print if rank == 0 else (lambda *a, **k: None)
     resolve_precision(cfg, device, log)
@@ -327,28 +347,13 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
     if cfg.init:
         data.check_tokenizer(cfg.init)
     ckpt_path = os.path.join(cfg.out, "checkpoint.safetensors")
-    model = build_model(cfg, data.meta["vocab_size"], {} if cfg.init else special_ids(cfg.data), device)
+    mode = MODES[cfg.mode](cfg, data, device, rank, world)
+    model = mode.model
     model.grad_checkpointing = cfg.grad_checkpointing
-    sat_id, teacher, trained = None, None, model  # trained: the module whose parameters train
-    if cfg.mode == "adapter":
-        sat_id = setup_adapter(model, cfg)
-        trained = model.adapter
-    elif cfg.mode != "pretrain":
-        if cfg.std_loss == "kl" or cfg.sat_labels == "self":
-            teacher = copy.deepcopy(model).eval().requires_grad_(False)  # the frozen start
-            if cfg.bf16:  # it only runs under bf16 autocast: half the memory, same matmuls
-                teacher = teacher.to(torch.bfloat16)
-        sat_id = setup_sat(model, cfg)
-    opt = make_optimizer(trained, cfg, world)
-    if cfg.mode == "adapter":
-        trainable = sum(p.numel() for p in trained.parameters())
-    else:
-        trainable = sum(p.numel() for n, p in model.named_parameters()
-                        if p.requires_grad and (cfg.mode == "pretrain" or n != "embed_tokens.weight"))
-        trainable += model.args.hidden_size if cfg.mode != "pretrain" and cfg.sat_row else 0  # the SAT row
+    opt = make_optimizer(mode.trained, cfg, world)
     state = {"step": 0, "tokens": 0, "elapsed": 0.0, "log": [], "config": asdict(cfg)}
     if os.path.isfile(ckpt_path):
-        state = load_checkpoint(ckpt_path, trained, opt)
+        state = load_checkpoint(ckpt_path, mode.trained, opt)
         changed = {k: (v, state["config"].get(k)) for k, v in asdict(cfg).items() if state["config"].get(k) != v}
         if changed and state["step"] < cfg.steps:  # training goes on, under the new settings
             log("note: settings changed since the checkpoint: "
@@ -357,16 +362,15 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
         log(f"resumed from {ckpt_path} at step {state['step']}")
     elif rank == 0:
         os.makedirs(cfg.out, exist_ok=True)
-        state["start"] = (evaluate_adapter(model, data, cfg, sat_id) if cfg.mode == "adapter" else
-                          evaluate(model, data, cfg, cfg.eval_tokens, sat_id) if cfg.mode != "pretrain" else {})
+        state["start"] = mode.evaluate(cfg.eval_tokens)
         if cfg.init_adapter:  # the learning curve's clock goes on from the adapter's own training
             state["elapsed_before"] = adapter_minutes(cfg.init_adapter) * 60
     # gradient_as_bucket_view: DDP's all-reduce buckets are the .grad tensors, not a copy.
     ddp = torch.nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=True) if world > 1 else model
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len * world
     log(f"{cfg.mode}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters "
-        f"({trainable / 1e6:.2f}M trainable), {tokens_per_step} tokens/step x {cfg.steps} steps, "
-        f"{world} process(es)" + (f", SAT id {sat_id}, k={cfg.k}" if sat_id is not None else ""))
+        f"({mode.trainable / 1e6:.2f}M trainable), {tokens_per_step} tokens/step x {cfg.steps} steps, "
+        f"{world} process(es)" + (f", SAT id {mode.sat_id}, k={cfg.k}" if mode.sat_id is not None else ""))
 
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16)
     t_start = t_ckpt = time.time()
@@ -382,22 +386,13 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
         info_sum = {}
         for micro in range(cfg.grad_accum):
             s = step * cfg.grad_accum + micro
-            window = data.batch(s, cfg, rank, world).to(device)
             with autocast:
-                if cfg.mode == "pretrain":
-                    loss, info = lm_loss(ddp, window)
-                else:
-                    anchors = choose_anchors(s, cfg, cfg.seq_len, cfg.batch_size, rank, world).to(device)
-                    if cfg.mode == "adapter":
-                        loss, info = adapter_loss(model, window, anchors, cfg, sat_id, ddp)
-                    else:
-                        loss, info = sat_loss(ddp, window, anchors, cfg, sat_id, teacher)
+                loss, info = mode.loss(ddp, data.batch(s, cfg, rank, world).to(device), s)
             (loss / cfg.grad_accum).backward()
             for key, v in info.items():
                 info_sum[key] = info_sum.get(key, 0.0) + v / cfg.grad_accum
-        if sat_id is not None and cfg.mode != "adapter":
-            keep_frozen_rows(model, sat_id)
-        torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip)
+        mode.after_backward()
+        torch.nn.utils.clip_grad_norm_(mode.trained.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         state["step"] += 1
@@ -418,18 +413,16 @@ def train(cfg: TrainConfig, device=None, rank: int = 0, world: int = 1):
         if world > 1:
             dist.broadcast(due, 0)
         if due.item():
-            save_checkpoint(ckpt_path, trained, opt, state, rank)  # before the long final evaluation
+            save_checkpoint(ckpt_path, mode.trained, opt, state, rank)  # before the long final evaluation
             t_ckpt = time.time()
-        if rank == 0 and cfg.mode == "adapter" and cfg.snapshot_minutes:
+        if rank == 0 and mode.snapshots and cfg.snapshot_minutes:
             take_snapshot(model, state, cfg, final=done == last)
         if rank == 0 and (done % cfg.eval_every == 0 or done == last):
-            tokens = (cfg.final_eval_tokens or None) if done == last else cfg.eval_tokens
-            ev = (evaluate_adapter(model, data, cfg, sat_id) if cfg.mode == "adapter" else
-                  evaluate(model, data, cfg, tokens, sat_id))
+            ev = mode.evaluate((cfg.final_eval_tokens or None) if done == last else cfg.eval_tokens)
             state["log"].append({"step": done, **info_sum, **ev, "elapsed": state["elapsed"]})
             log(f"eval step {done}: {describe(ev)}", flush=True)
         if done == last:
-            save_checkpoint(ckpt_path, trained, opt, state, rank)  # again, now with the final evaluation
+            save_checkpoint(ckpt_path, mode.trained, opt, state, rank)  # again, now with the final evaluation
     return model, state
 
 

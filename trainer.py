@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from checkpoint import atomic_write, save_adapter
-from machine import pick_device
+from machine import cpu_info, pick_device, slow_bf16_warning
 from tokenizer import tokenizer_hash
 
 
@@ -91,6 +91,42 @@ def lr_at(step: int, cfg) -> float:
 def fmt_time(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+# ----------------------------------------------------------------------------- optimiser and precision
+
+
+def make_optimizer(model: torch.nn.Module, cfg, world: int = 1) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters of `model` (in adapter mode, the adapter). No
+    weight decay on norms and vectors, and none on the embedding while SAT training (decay
+    would move the frozen rows). With --zero under torchrun, each rank keeps the
+    AdamW moments of its share of the parameters only (ZeRO stage 1)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        frozen_rows = cfg.mode != "pretrain" and name == "embed_tokens.weight"
+        (decay if p.dim() >= 2 and not frozen_rows else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.zero and world > 1:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, lr=cfg.lr, betas=(0.9, 0.95),
+                                       eps=1e-8)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def resolve_precision(cfg, device: torch.device, log=print):
+    """--bf16 unset: bfloat16 autocast on CUDA and on a CPU with bf16 instructions, float32
+    on any other CPU (its bf16 matmuls take a slow path: 20x slower here). Says which."""
+    info = cpu_info() if device.type == "cpu" else None
+    fast = device.type == "cuda" or (info is not None and bool(info[1]))
+    if cfg.bf16 is None:
+        cfg.bf16 = fast
+        why = ("CUDA" if device.type == "cuda" else f"this CPU has {', '.join(info[1])}" if fast else
+               f"this CPU ({info[0] if info else 'unknown'}) has no bf16 instructions; --bf16 to use it anyway")
+        log(f"precision: {'bfloat16 autocast' if cfg.bf16 else 'float32'} ({why})")
+    elif cfg.bf16 and (warning := slow_bf16_warning(device)):
+        log(warning)
 
 
 # ----------------------------------------------------------------------------- processes

@@ -84,19 +84,22 @@ def test_greedy_decoding_with_the_adapter_equals_base_ar(method, device):
         assert stats.iterations > 0
 
 
-def test_a_training_step_moves_sat_outputs_only(tmp_path, device):
+@pytest.mark.parametrize("labels, soft", [("data", 0.0), ("model", 0.5), ("model", 1.0)])
+def test_a_training_step_moves_sat_outputs_only(labels, soft, device):
+    """Hard labels, soft ones (KL to the model's distribution) and a mix alike."""
     model = tiny_model(device=device)
     base = tiny_model(device=device)
     new_adapter(model, 4, model.args.sat_token_id, 3)
     model.requires_grad_(False)
     model.adapter.requires_grad_(True)
-    cfg = train_sat.TrainConfig(mode="adapter", k=3, sat_labels="data")
+    cfg = train_sat.TrainConfig(mode="adapter", k=3, sat_labels=labels, soft_labels=soft)
     window = torch.randint(0, 40, (2, 17), generator=torch.Generator().manual_seed(0)).to(device)
     anchors = torch.tensor([[0, 4, 9], [2, 3, 12]], device=device)
     opt = torch.optim.AdamW(model.adapter.parameters(), lr=1e-2)
     tokens = torch.tensor([PROMPT + [4] + [model.args.sat_token_id] * 3], device=device)
     before = model(tokens).detach()
-    loss, _ = sat.adapter_loss(model, window, anchors, cfg, model.args.sat_token_id)
+    loss, info = sat.adapter_loss(model, window, anchors, cfg, model.args.sat_token_id)
+    assert ("kl" in info) == bool(soft)
     loss.backward()
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
     opt.step()
@@ -110,8 +113,12 @@ def test_a_training_step_moves_sat_outputs_only(tmp_path, device):
             assert torch.equal(p, q), name
 
 
-def test_adapter_training_learns_and_exports(tmp_path):
-    """A few adapter steps on a tiny model lower the SAT loss; the export loads as a model."""
+@pytest.mark.parametrize("bf16", [False, True])
+def test_adapter_training_learns_and_exports(tmp_path, bf16):
+    """A few adapter steps on a tiny model lower the SAT loss; the export loads as a model
+    that computes what the trained one does. The precision is forced both ways, so the test
+    means the same on a CPU with bf16 instructions (where train_sat.py's default is bf16
+    autocast on a bf16 base) and on one without (float32)."""
     import numpy as np
     data = tmp_path / "data"
     data.mkdir()
@@ -127,14 +134,16 @@ def test_adapter_training_learns_and_exports(tmp_path):
     cfg = train_sat.TrainConfig(mode="adapter", init=str(init), data=str(data), out=str(tmp_path / "run"),
                                 k=3, rank=4, anchors=0, seq_len=32, batch_size=2, steps=30, lr=1e-2,
                                 min_lr=1e-3, warmup=2, weight_decay=0.0, eval_every=30, eval_tokens=64,
-                                log_every=30, sat_token_id=49, sat_labels="model")
+                                log_every=30, sat_token_id=49, sat_labels="model", bf16=bf16)
     model, state = train_sat.train(cfg)
     assert state["start"]["sat_agree"][0] < state["log"][-1]["sat_agree"][0]
     train_sat.export(model, state, cfg, str(tmp_path / "adapter"))
-    loaded = load_model(str(tmp_path / "adapter"))
+    assert model.dtype == (torch.bfloat16 if bf16 else torch.float32)  # a bf16 run keeps its frozen base in bf16
+    loaded = load_model(str(tmp_path / "adapter"), dtype=model.dtype)  # compared in the trained model's dtype
     assert loaded.adapter.rank == 4 and loaded.args.sat_k == 3
     tokens = torch.tensor([[1, 2, 3, 49, 49, 49]])
-    torch.testing.assert_close(loaded(tokens), model.eval()(tokens), atol=0.05, rtol=0.05)  # saved in bf16
+    with torch.no_grad():  # the export holds the adapter in bf16, the trained model in float32
+        torch.testing.assert_close(loaded(tokens), model.eval()(tokens), atol=0.05, rtol=0.05)
     # a second phase from the export (--init-adapter) keeps both phases' reports
     cfg2 = train_sat.TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "run2"), "steps": 2,
                                     "init_adapter": str(tmp_path / "adapter")})

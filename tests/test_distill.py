@@ -99,3 +99,46 @@ def test_windows_stay_inside_one_record(tmp_path):
     Cfg.seq_len = 16
     with pytest.raises(SystemExit, match="does not fit"):
         TokenData(str(data)).batch(0, Cfg)
+
+
+def test_a_benchmark_prompt_in_the_training_split_is_refused_in_one_line(corpus, tmp_path):
+    model_dir, data = corpus
+    stream = np.fromfile(os.path.join(data, "train.bin"), dtype=np.uint16).astype(int).tolist()
+    inside = [("HumanEval/7", [9, 9] + stream[100:124]), ("short", [5, 6, 7])]  # ids [2, 26) are the stream's
+    outside = [("held-out file a.py", [9, 9] + [49] * 24)]  # never in the stream (ids 3..49 at random)
+    assert distill.find_overlap(np.asarray(stream, dtype=np.uint16), inside) == "HumanEval/7"
+    assert distill.find_overlap(np.asarray(stream, dtype=np.uint16), outside) is None
+    with pytest.raises(SystemExit, match=r"^error: .* holds the text of HumanEval/7, a prompt bench.py measures"):
+        distill.distill(model_dir, data, str(tmp_path / "o"), 2, 1, prompt_tokens=6, new_tokens=4, batch_size=2,
+                        seed=0, device=torch.device("cpu"), avoid=(1, 2), benchmark_prompts=inside)
+    assert not os.path.exists(tmp_path / "o")  # refused before anything is written
+    report = distill.distill(model_dir, data, str(tmp_path / "o2"), 2, 1, prompt_tokens=6, new_tokens=4,
+                             batch_size=2, seed=0, device=torch.device("cpu"), avoid=(1, 2), benchmark_prompts=outside)
+    assert report["splits"]["train"]["records"] == 2
+
+
+def test_the_command_refuses_a_corpus_holding_a_held_out_file(tmp_path):
+    """End to end: a corpus built from the stdlib's held-out file under another name (so it
+    lands in the training split) is refused by distill.py in one line, naming the file."""
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+    import corpus
+    from model import DEFAULT_MODEL
+    held_out = json.load(open(os.path.join(DEFAULT_MODEL, "corpus.json")))["splits"]["val"]["paths"][0]
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(os.path.join(sysconfig.get_paths()["stdlib"], held_out), src / "copied_here.py")
+    assert not corpus.is_held_out("copied_here.py")
+    data = tmp_path / "data"
+    corpus.build(str(data), vocab_size=400, root=str(src))
+    model_dir = tmp_path / "model"
+    save_model(tiny_model(vocab=400), str(model_dir))
+    shutil.copy(data / "tokenizer.model", model_dir / "tokenizer.model")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(repo, "distill.py"), "--model", str(model_dir), "--data",
+                           str(data), "--out", str(tmp_path / "out"), "--records", "2"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {data}'s training split holds the text of held-out file {held_out}")

@@ -339,13 +339,39 @@ def test_kill_and_resume_continues_with_the_same_data(data_dir, tmp_path, device
 ])
 def test_precision_follows_the_cpu_unless_asked(flags, device, bf16, said, monkeypatch):
     """bf16 autocast by default only where the hardware has bf16 products; it says which."""
-    monkeypatch.setattr(train_sat, "cpu_info", lambda: ("Fake CPU", sorted(flags)))
+    monkeypatch.setattr(trainer, "cpu_info", lambda: ("Fake CPU", sorted(flags)))
     lines = []
     cfg = TrainConfig()
-    train_sat.resolve_precision(cfg, torch.device(device), lines.append)
+    trainer.resolve_precision(cfg, torch.device(device), lines.append)
     assert cfg.bf16 is bf16 and lines == [said]
     asked = TrainConfig(bf16=True)  # asked for: kept, with the slow-path warning where it applies
-    monkeypatch.setattr(train_sat, "slow_bf16_warning", lambda d: None if flags else "warning: slow")
+    monkeypatch.setattr(trainer, "slow_bf16_warning", lambda d: None if flags else "warning: slow")
     lines.clear()
-    train_sat.resolve_precision(asked, torch.device(device), lines.append)
+    trainer.resolve_precision(asked, torch.device(device), lines.append)
     assert asked.bf16 is True and lines == ([] if flags else ["warning: slow"])
+
+
+def test_draft_ranks_hit_rates_and_calibration_worked_by_hand():
+    """Two anchors, k = 2, five tokens; the SAT distributions are given as probabilities."""
+    probs = torch.tensor([[[0.95, 0.02, 0.01, 0.01, 0.01],   # anchor 0, SAT 1: the model's token 0 is rank 0
+                           [0.10, 0.45, 0.25, 0.10, 0.10]],  # SAT 2: token 3; 0.45 and 0.25 above it: rank 2
+                          [[0.05, 0.10, 0.15, 0.30, 0.40],   # anchor 1, SAT 1: token 4, rank 0
+                           [0.02, 0.02, 0.92, 0.02, 0.02]]])  # SAT 2: token 2, rank 0
+    labels = torch.tensor([[0, 3], [4, 2]])
+    logits = probs.log()
+    assert sat.draft_ranks(logits, labels).tolist() == [[0, 2], [0, 0]]
+    assert sat.draft_ranks(logits, labels, cap=2).tolist() == [[0, -1], [0, 0]]  # past the cap: -1
+    stats = sat.rank_stats(logits, labels)
+    assert stats["top"] == {"1": [1.0, 0.5], "2": [1.0, 0.5], "4": [1.0, 1.0]}
+    # top-1 probabilities 0.95 (hit), 0.45 (miss), 0.40 (hit), 0.92 (hit): bins [0.4, 0.5) and [0.9, 1]
+    assert stats["calibration"] == [{"bin": [0.4, 0.5], "count": 2, "predicted": 0.425, "hit": 0.5},
+                                    {"bin": [0.9, 1.0], "count": 2, "predicted": 0.935, "hit": 1.0}]
+
+
+def test_soft_loss_is_the_kl_from_the_models_distribution_to_the_sats():
+    """p = (1/2, 1/2), q = (1/4, 3/4): KL(p || q) = 1/2 ln 2 + 1/2 ln (2/3), and 0 for q = p."""
+    import math
+    p, q = torch.tensor([[0.5, 0.5], [0.5, 0.5]]), torch.tensor([[0.25, 0.75], [0.5, 0.5]])
+    got = sat.soft_loss(q.log() + 3.0, p.log() - 1.0)  # logits: any shift, the same distributions
+    assert got[0].item() == pytest.approx(0.5 * math.log(2) + 0.5 * math.log(2 / 3), abs=1e-6)
+    assert got[1].item() == pytest.approx(0.0, abs=1e-7)
