@@ -342,6 +342,12 @@ def main():
                         "and keep the faster (max-autotune; compiling takes longer)")
     p.add_argument("--copies", type=int, nargs="+", default=[10],
                    help="lookup rows, one per number of copied drafts (default: 10, as transformers')")
+    p.add_argument("--no-pack", action="store_true",
+                   help="keep the weights as loaded: on a CPU they are otherwise pre-packed for oneDNN's matrix "
+                        "products (model.pack_weights), except with --compile")
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="int8: weight-only int8 with per-channel scales (quantize.py), at load; with "
+                        "--latency-only an int8 curve beside the bf16/fp32 ones (default: none)")
     p.add_argument("--full", action="store_true", help="every prompt and method")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
@@ -445,7 +451,7 @@ def main():
         print(warning, file=sys.stderr)
     for dtype in a.dtype:
         t0 = time.perf_counter()
-        model = load_or_exit(a.model, device, DTYPES[dtype])
+        model = load_or_exit(a.model, device, DTYPES[dtype], pack=not (a.no_pack or a.compile), quantize=a.quantize)
         load_s = time.perf_counter() - t0
         longest = max(len(e) for v in encoded.values() for e in v) + max_new + tree.size + 1
         if longest > model.args.max_position_embeddings:

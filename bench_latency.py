@@ -27,7 +27,8 @@ from bench_report import environment, environment_line, latency_markdown
 from checkpoint import write_json, write_text
 from decode import generate_ar, load_or_exit
 from machine import gemm_peak, memory_bandwidth, now, slow_bf16_warning
-from model import DTYPES, KVCache, Llama
+from model import DTYPES, KVCache, Llama, can_pack, pack_weights
+from quantize import quantize_int8
 from sampling import Warper
 
 
@@ -56,14 +57,18 @@ def forward_latency(model: Llama, sizes: list[int], prefix: int = 128, reps: int
 def forward_work(model: Llama, T: int, prefix: int) -> tuple[float, float]:
     """(bytes read, FLOPs) of one forward of T tokens after `prefix` cached ones."""
     a, item = model.args, model.dtype.itemsize
-    params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("adapter."))
-    embedding = a.vocab_size * a.hidden_size
-    read = params - (0 if a.tie_word_embeddings else embedding) + T * a.hidden_size  # the rows looked up
-    matmul = params - (0 if a.tie_word_embeddings else embedding)  # every weight but a lookup table multiplies
+    stored = [t for n, t in list(model.named_parameters()) + list(model.named_buffers()) if not n.startswith("adapter.")]
+    embed = model.embed_tokens.weight
+    tied = model.lm_head.weight is embed  # the head multiplies the embedding itself (not an int8 copy)
+    read = sum(t.numel() * t.element_size() for t in stored)  # every weight once (int8: a byte each) ...
+    matmul = sum(t.numel() for t in stored if t.dim() == 2)  # ... and every matrix multiplies ...
+    if not tied:  # ... but a lookup table: T rows of it are read, none multiplies
+        read -= (embed.numel() - T * a.hidden_size) * item
+        matmul -= embed.numel()
     keys = prefix + T
     cache_bytes = 2 * a.num_hidden_layers * a.num_key_value_heads * a.head_dim * keys * item
     attention = 4 * a.num_hidden_layers * a.num_attention_heads * a.head_dim * T * keys  # scores and sum
-    return read * item + cache_bytes, 2 * T * matmul + attention
+    return read + cache_bytes, 2 * T * matmul + attention
 
 
 def floors(model: Llama, sizes: list[int], prefix: int) -> dict:
@@ -148,8 +153,15 @@ def latency_only(a, device: torch.device):
         print(f"{dtype}: {params / 1e6:.0f}M parameters loaded in {time.perf_counter() - t0:.1f}s "
               f"(peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB); "
               f"timing {len(sizes)} sizes x {a.reps} forwards", file=sys.stderr)
-        res = {"parameters": params, "forward_latency_s": forward_latency(model, sizes, a.prefix, a.reps),
-               "floor": floors(model, sizes, a.prefix)}
+        res = {"parameters": params, "floor": floors(model, sizes, a.prefix)}
+        if can_pack(model):  # the weights as loaded, then pre-packed (what decode.py and bench.py run)
+            res["unpacked_latency_s"] = forward_latency(model, sizes, a.prefix, a.reps)
+            pack_weights(model)
+        res["forward_latency_s"] = forward_latency(model, sizes, a.prefix, a.reps)
+        if a.quantize == "int8":  # and weight-only int8, with its own floor (half the weights' bytes)
+            quantize_int8(model)
+            res["int8_latency_s"] = forward_latency(model, sizes, a.prefix, a.reps)
+            res["int8_floor"] = floors(model, sizes, a.prefix)
         if a.compile:
             static = StaticModel(model, a.prefix + max(sizes), autotune=a.autotune)
             res["compile_s"] = static.warm_up(sizes)

@@ -29,9 +29,11 @@ def hf_name(name: str) -> str:
     return name if name.startswith("lm_head.") else "model." + name
 
 
-def expected_tensors(model: Llama) -> dict[str, tuple]:
-    names = {hf_name(n): tuple(p.shape) for n, p in model.named_parameters()}  # tied: listed once
-    return names
+def stored_tensors(model: Llama) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds, by Hugging Face name: every parameter of the base (a head
+    tied to the embedding once) and every buffer (quantize.py's int8 weights and scales)."""
+    named = list(model.named_parameters()) + list(model.named_buffers())  # tied: listed once
+    return {hf_name(n): t for n, t in named if not n.startswith("adapter.")}  # adapter.py saves those
 
 
 def read_config(path: str) -> ModelArgs:
@@ -113,7 +115,10 @@ def load_model(path: str, device="cpu", dtype: torch.dtype = torch.float32) -> L
     args = read_config(path)
     with torch.device("meta"):
         model = Llama(args)
-    expected = expected_tensors(model)
+        if args.extra.get("quantization"):  # written by quantize.py: int8 linear layers
+            from quantize import int8_shells
+            int8_shells(model)
+    expected = {n: tuple(t.shape) for n, t in stored_tensors(model).items()}
     where = safetensors_files(path)
     shapes = {}
     for file in sorted(set(where.values())):
@@ -132,10 +137,10 @@ def load_model(path: str, device="cpu", dtype: torch.dtype = torch.float32) -> L
     if problems:
         raise CheckpointError(f"{path} does not match its config.json: " + "; ".join(problems))
 
-    model = model.to_empty(device=device).to(dtype)  # one uninitialised copy, right dtype
-    if args.tie_word_embeddings:
+    model = model.to_empty(device=device).to(dtype)  # one uninitialised copy, right dtype (int8 stays int8)
+    if args.tie_word_embeddings and isinstance(model.lm_head, torch.nn.Linear):
         model.lm_head.weight = model.embed_tokens.weight  # to_empty keeps ties; be explicit
-    params = {hf_name(n): p for n, p in model.named_parameters()}
+    params = stored_tensors(model)
     with torch.no_grad():
         for name, file in sorted(where.items()):
             # Opening the file per tensor unmaps the pages read so far: the process holds
@@ -148,10 +153,8 @@ def load_model(path: str, device="cpu", dtype: torch.dtype = torch.float32) -> L
 def save_model(model: Llama, path: str, dtype: torch.dtype | None = None):
     """Write config.json and model.safetensors (Hugging Face layout), atomically each."""
     os.makedirs(path, exist_ok=True)
-    tensors = {hf_name(n): p.detach().to("cpu", dtype or p.dtype).contiguous()
-               for n, p in model.named_parameters() if not n.startswith("adapter.")}  # adapter.py saves those
-    if model.args.tie_word_embeddings:
-        tensors.pop("lm_head.weight", None)
+    tensors = {n: t.detach().to("cpu", dtype if dtype and t.is_floating_point() else t.dtype).contiguous()
+               for n, t in stored_tensors(model).items()}
     atomic_write(os.path.join(path, "model.safetensors"),
                  lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     config = model.args.to_config()

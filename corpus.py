@@ -82,10 +82,16 @@ def documents(root: str | None, jsonl: str | None, text_field: str, with_tests: 
 
 
 def build(out: str, vocab_size: int = 8192, with_tests: bool = False, root: str | None = None,
-          tokenizer: str | None = None, jsonl: str | None = None, text_field: str = "text", exts=(".py",)):
+          tokenizer: str | None = None, jsonl: str | None = None, text_field: str = "text", exts=(".py",),
+          exclude=()):
+    """exclude: document names left out of both splits (distill.py names the training
+    documents that hold a benchmark prompt's text: the stdlib copies code between files)."""
     root = None if jsonl else os.path.abspath(root or stdlib_root())
     os.makedirs(out, exist_ok=True)
     docs = documents(root, jsonl, text_field, with_tests, exts)
+    if missing := sorted(set(exclude) - set(docs)):
+        raise SystemExit(f"error: --exclude {' '.join(missing)}: no such document in {jsonl or root}")
+    docs = {n: text for n, text in docs.items() if n not in set(exclude)}
     if not docs:
         raise SystemExit(f"error: no documents found in {jsonl or root}")
     splits = {"train": [n for n in docs if not is_held_out(n)], "val": [n for n in docs if is_held_out(n)]}
@@ -112,7 +118,8 @@ def build(out: str, vocab_size: int = 8192, with_tests: bool = False, root: str 
     if tok.vocab_size > 65536:
         raise SystemExit(f"error: a vocabulary of {tok.vocab_size} does not fit the uint16 token files")
     print(f"tokenizer: {tok.vocab_size} pieces ({time.time() - t0:.0f}s)")
-    report = {"root": root, "jsonl": jsonl, "with_tests": with_tests, "held_out_percent": HELD_OUT_PERCENT,
+    report = {"root": root, "jsonl": jsonl, "with_tests": with_tests, "excluded": sorted(exclude),
+              "held_out_percent": HELD_OUT_PERCENT,
               "vocab_size": tok.vocab_size, "tokenizer_sha256": tokenizer_hash(model_path), "splits": {}}
     for name, names in splits.items():
         ids, n_bytes = [], 0
@@ -143,11 +150,14 @@ def main():
                    help="use this tokenizer (tokenizer.model, tokenizer.json, or a model directory) instead of "
                         "training one; give the model you will fine-tune")
     p.add_argument("--vocab-size", type=int, default=8192, help="size of a newly trained tokenizer")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="NAME",
+                   help="leave these documents out (paths relative to --root, or 'line N' of --jsonl); distill.py "
+                        "names those that hold a benchmark prompt's text")
     a = p.parse_args()
     for path, what in ((a.root, "--root"), (a.jsonl, "--jsonl"), (a.tokenizer, "--tokenizer")):
         if path and not os.path.exists(path):
             raise SystemExit(f"error: {what} {path} does not exist")
-    build(a.out, a.vocab_size, a.with_tests, a.root, a.tokenizer, a.jsonl, a.text_field, a.ext)
+    build(a.out, a.vocab_size, a.with_tests, a.root, a.tokenizer, a.jsonl, a.text_field, a.ext, a.exclude)
 
 
 if __name__ == "__main__":

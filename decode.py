@@ -41,7 +41,8 @@ from decode_fused import generate_fused
 from decode_lookup import generate_hybrid, generate_lookup
 from decode_tree import TREE_DEPTH5, build_tree, generate_sdsat_tree
 from machine import pick_device, slow_bf16_warning
-from model import DEFAULT_MODEL, DTYPES, CheckpointError, KVCache, Llama, ModelArgs
+from model import DEFAULT_MODEL, DTYPES, CheckpointError, KVCache, Llama, ModelArgs, pack_weights
+from quantize import quantize_int8
 from sampling import Warper
 from trace_view import trace_printer
 
@@ -109,11 +110,16 @@ def generate_ar(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: int
 # ----------------------------------------------------------------------------- command line
 
 
-def load_or_exit(path: str, device, dtype) -> Llama:
+def load_or_exit(path: str, device, dtype, pack: bool = False, quantize: str | None = None) -> Llama:
+    """The model, or one line saying why not. quantize "int8": weight-only int8 (quantize.py);
+    pack: pre-pack the float weights (model.pack_weights: on a CPU, the same text, faster)."""
     try:
-        return load_model(path, device=device, dtype=dtype)
+        model = load_model(path, device=device, dtype=dtype)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}")
+    if quantize == "int8" and not model.args.extra.get("quantization"):
+        quantize_int8(model)
+    return pack_weights(model) if pack else model
 
 
 def read_config_or_exit(path: str) -> ModelArgs:
@@ -255,6 +261,11 @@ def main():
     p.add_argument("--compile", action="store_true",
                    help="decode with torch.compile'd fixed-shape forwards (compiled.StaticModel); the first pass "
                         "of each block width compiles, which takes a while")
+    p.add_argument("--no-pack", action="store_true",
+                   help="keep the weights as loaded: on a CPU they are otherwise pre-packed for oneDNN's matrix "
+                        "products (model.pack_weights; the same text, faster; not with --compile)")
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="int8: weight-only int8 with per-channel scales (quantize.py), at load (default: none)")
     a = p.parse_args()
     try:
         warper = Warper(a.temperature, a.top_k, a.top_p)
@@ -334,7 +345,7 @@ def main():
         warnings.append(warning)
     for warning in warnings:  # after every check: a refused run says only why
         print(warning, file=sys.stderr)
-    model = load_or_exit(a.model, device, DTYPES[a.dtype])
+    model = load_or_exit(a.model, device, DTYPES[a.dtype], pack=not (a.no_pack or a.compile), quantize=a.quantize)
     gen = torch.Generator(device=device).manual_seed(a.seed)
     static = StaticModel(model, max_len) if a.compile else None
     cache = static.cache if a.compile else model.new_cache(max_len)

@@ -92,11 +92,12 @@ def continue_greedily(model, prompts: torch.Tensor, new_tokens: int) -> torch.Te
     return torch.cat(out, 1)
 
 
-def find_overlap(stream: np.ndarray, prompts: list[tuple[str, list[int]]], width: int = 24) -> str | None:
-    """The name of the first prompt whose ids [2, 2 + width) occur in the token stream, or
-    None. (Ids from the prompt's third token on: a text tokenized alone and inside a file
-    may differ at its first tokens, not in its middle.) Prompts shorter than that are
-    skipped."""
+def find_overlaps(stream: np.ndarray, prompts: list[tuple[str, list[int]]], width: int = 24) -> list[tuple[str, int]]:
+    """(prompt name, where in the stream) for every prompt whose ids [2, 2 + width) occur in
+    the token stream. (Ids from the prompt's third token on: a text tokenized alone and
+    inside a file may differ at its first tokens, not in its middle.) Prompts shorter than
+    that are skipped."""
+    found = []
     for name, ids in prompts:
         pattern = np.asarray(ids[2:2 + width], dtype=stream.dtype)
         if len(pattern) < width:
@@ -105,8 +106,17 @@ def find_overlap(stream: np.ndarray, prompts: list[tuple[str, list[int]]], width
         for i in range(1, width):
             at = at[stream[at + i] == pattern[i]]
         if len(at):
-            return name
-    return None
+            found.append((name, int(at[0])))
+    return found
+
+
+def document_at(stream: np.ndarray, offset: int, eos: int | None, names: list[str] | None) -> str:
+    """The name of the corpus document holding stream[offset] (each document ends with EOS,
+    in corpus.json's order), or a token offset where the corpus lists no names."""
+    if eos is None or not names:
+        return f"token {offset}"
+    index = int(np.count_nonzero(stream[:offset] == eos))
+    return names[index] if 0 <= index < len(names) else f"token {offset}"
 
 
 def bench_prompt_ids(tok: Tokenizer) -> list[tuple[str, list[int]]]:
@@ -146,9 +156,12 @@ def distill(model_dir: str, data: str, out: str, records: int, val_records: int,
     if benchmark_prompts is None:
         benchmark_prompts = bench_prompt_ids(tok) if tok else []
     train_stream = np.memmap(os.path.join(data, "train.bin"), dtype=np.uint16, mode="r")
-    if leak := find_overlap(train_stream, benchmark_prompts):
-        raise SystemExit(f"error: {data}'s training split holds the text of {leak}, a prompt bench.py measures "
-                         f"with: build the corpus without it (corpus.py holds the stdlib's held-out files out)")
+    if leaks := find_overlaps(train_stream, benchmark_prompts):
+        names = source.get("splits", {}).get("train", {}).get("paths")
+        docs = sorted({document_at(train_stream, at, tok.eos_id if tok else None, names) for _, at in leaks})
+        raise SystemExit(f"error: {data}'s training split holds the text of {', '.join(n for n, _ in leaks)}, "
+                         f"prompts bench.py measures with (in {', '.join(docs)}): rebuild the corpus with "
+                         f"corpus.py --exclude {' '.join(docs)}")
     model = load_model(model_dir, device=device, dtype=dtype)
     if avoid is None:
         ids = (tok.bos_id, tok.eos_id, tok.pad_id) if tok else (model.args.bos_token_id, *model.args.stop_ids)

@@ -5,6 +5,7 @@ import torch
 
 import bench
 import bench_latency
+from quantize import quantize_int8
 import bench_prompts
 import bench_report
 import machine
@@ -131,14 +132,19 @@ def test_forward_work_counts_every_weight_a_forward_reads():
         model = Llama(args)
         blocks = sum(p.numel() for n, p in model.named_parameters() if n.startswith("layers."))
         head = 10 * 32  # the head reads the whole matrix; a lookup reads T rows of an untied embedding
-        norm = 32
+        norm = 32  # the final norm (the blocks' own are in `blocks`)
         T, prefix = 3, 5
         cache = 2 * 2 * 2 * 8 * (prefix + T) * 4  # layers x (K, V) x kv heads x head_dim x keys x 4 bytes
         nbytes, flops = bench_latency.forward_work(model, T, prefix)
-        assert nbytes == (blocks + head + norm + T * 32) * 4 + cache
+        assert nbytes == (blocks + head + norm + (0 if tied else T * 32)) * 4 + cache  # tied: read once, whole
         attention = 4 * 2 * 4 * 8 * T * (prefix + T)
         matmuls = sum(p.numel() for n, p in model.named_parameters() if n.endswith("proj.weight")) + head
-        assert flops == 2 * T * (matmuls + 2 * 2 * 32 + norm) + attention
+        assert flops == 2 * T * matmuls + attention  # the matrices multiply; norms are not matrix products
+        quantize_int8(model)  # int8 matrices: a byte a weight; a tied embedding then is a lookup again
+        nbytes, flops = bench_latency.forward_work(model, T, prefix)
+        scales = sum(b.numel() for n, b in model.named_buffers() if n.endswith("weight_scale"))  # float32
+        assert nbytes == matmuls + (scales + 2 * 2 * 32 + norm + T * 32) * 4 + cache
+        assert flops == 2 * T * matmuls + attention
 
 
 def test_latency_table_shows_multiples_of_the_floor():

@@ -106,9 +106,10 @@ def test_a_benchmark_prompt_in_the_training_split_is_refused_in_one_line(corpus,
     stream = np.fromfile(os.path.join(data, "train.bin"), dtype=np.uint16).astype(int).tolist()
     inside = [("HumanEval/7", [9, 9] + stream[100:124]), ("short", [5, 6, 7])]  # ids [2, 26) are the stream's
     outside = [("held-out file a.py", [9, 9] + [49] * 24)]  # never in the stream (ids 3..49 at random)
-    assert distill.find_overlap(np.asarray(stream, dtype=np.uint16), inside) == "HumanEval/7"
-    assert distill.find_overlap(np.asarray(stream, dtype=np.uint16), outside) is None
-    with pytest.raises(SystemExit, match=r"^error: .* holds the text of HumanEval/7, a prompt bench.py measures"):
+    assert distill.find_overlaps(np.asarray(stream, dtype=np.uint16), inside) == [("HumanEval/7", 100)]
+    assert distill.find_overlaps(np.asarray(stream, dtype=np.uint16), outside) == []
+    with pytest.raises(SystemExit, match=r"^error: .* holds the text of HumanEval/7, prompts bench.py measures with "
+                                         r"\(in token 100\)"):
         distill.distill(model_dir, data, str(tmp_path / "o"), 2, 1, prompt_tokens=6, new_tokens=4, batch_size=2,
                         seed=0, device=torch.device("cpu"), avoid=(1, 2), benchmark_prompts=inside)
     assert not os.path.exists(tmp_path / "o")  # refused before anything is written
@@ -119,7 +120,8 @@ def test_a_benchmark_prompt_in_the_training_split_is_refused_in_one_line(corpus,
 
 def test_the_command_refuses_a_corpus_holding_a_held_out_file(tmp_path):
     """End to end: a corpus built from the stdlib's held-out file under another name (so it
-    lands in the training split) is refused by distill.py in one line, naming the file."""
+    lands in the training split) is refused by distill.py in one line, naming the prompt and
+    the document; corpus.py --exclude of that document makes a corpus distill.py takes."""
     import shutil
     import subprocess
     import sys
@@ -138,7 +140,17 @@ def test_the_command_refuses_a_corpus_holding_a_held_out_file(tmp_path):
     shutil.copy(data / "tokenizer.model", model_dir / "tokenizer.model")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, os.path.join(repo, "distill.py"), "--model", str(model_dir), "--data",
-                           str(data), "--out", str(tmp_path / "out"), "--records", "2"],
+                           str(data), "--out", str(tmp_path / "out"), "--records", "2",
+                           "--val-records", "1", "--prompt-tokens", "8", "--new-tokens", "4"],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"error: {data}'s training split holds the text of held-out file {held_out}")
+    assert proc.stderr.endswith("(in copied_here.py): rebuild the corpus with corpus.py --exclude copied_here.py\n")
+    held = next(f"v{i}.py" for i in range(1000) if corpus.is_held_out(f"v{i}.py"))  # a document of each split
+    kept = next(f"t{i}.py" for i in range(1000) if not corpus.is_held_out(f"t{i}.py"))
+    shutil.copy(os.path.join(sysconfig.get_paths()["stdlib"], "abc.py"), src / held)
+    shutil.copy(os.path.join(sysconfig.get_paths()["stdlib"], "bisect.py"), src / kept)
+    corpus.build(str(data), vocab_size=400, root=str(src), exclude=["copied_here.py"])
+    shutil.copy(data / "tokenizer.model", model_dir / "tokenizer.model")  # retrained without it
+    proc = subprocess.run(proc.args, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -394,3 +394,26 @@ def test_from_config_missing_key_message():
     del cfg["vocab_size"]
     with pytest.raises(CheckpointError, match="vocab_size"):
         ModelArgs.from_config(cfg)
+
+
+# ----------------------------------------------------------------------------- packed weights
+
+
+@pytest.mark.quick
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this torch build")
+@pytest.mark.parametrize("method", ["ar", "sdsat", "fused"])
+def test_packed_weights_decode_the_unpacked_text(method):
+    """pack_weights swaps every linear layer of the base for oneDNN's pre-packed product: the
+    same weights (the state dict is unchanged), logits to float32 rounding, and greedy text
+    token for token, for AR and for speculative decoding of the packed model alike."""
+    from test_decode import PROMPT, run, tiny_model
+    plain, packed = tiny_model(seed=3), model.pack_weights(tiny_model(seed=3))
+    n_linear = 7 * plain.args.num_hidden_layers + 1
+    assert sum(isinstance(m, model.PackedLinear) for m in packed.modules()) == n_linear
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), packed.state_dict().values()))
+    tokens = torch.tensor([PROMPT + [4, 9, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(packed(tokens), plain(tokens), atol=1e-5, rtol=1e-5)
+    want, _, _ = run(plain, PROMPT, "ar", 40)
+    got, stats, _ = run(packed, PROMPT, method, 40, k=3)
+    assert got == want and stats.forwards > 0

@@ -1,0 +1,121 @@
+"""Weight-only int8: every linear layer's weight stored as int8 with one scale per output
+channel, as gpt-fast does; the activations keep the model's dtype.
+
+    python quantize.py --model models/smollm2-135m --out models/smollm2-135m-int8
+    python decode.py --model models/smollm2-135m-int8 ...        # loads as any model
+    python decode.py --model models/smollm2-135m --quantize int8  # or quantize at load
+
+A weight W [N, K] becomes int8 values Q and scales s [N] (float32), row by row:
+
+    s[n] = max_k |W[n, k]| / 127        Q[n, k] = round(W[n, k] / s[n])      W ~ Q * s[:, None]
+
+so no value moves by more than s[n] / 2 (the round trip, tested). The product dequantizes
+on the fly, x @ W^T ~ (x @ Q^T) * s: on a CPU with torch's int8 kernel
+(torch._weight_int8pack_mm), elsewhere (CUDA) by converting Q to the activations' dtype.
+
+Half the bytes of bf16, so a 1-token forward, which reads every weight, gets faster where
+it is memory-bound (CodeLlama-7B: 6.7 GB instead of 13.5 GB, it fits an 8 GB GPU). Its
+cost climbs with the rows fed, faster than the bf16 product's (bench.py --latency-only
+--quantize int8): that is what a speculative pass feeds, so the cost curve that SDSAT
+lives on gets steeper.
+
+On disk: config.json with "quantization": {"bits": 8, "scheme": "int8 weight-only,
+per output channel"}, and model.safetensors where each linear layer's `weight` is int8
+and its `weight_scale` float32 beside it; the embedding and the norms stay as they were.
+Loading (checkpoint.load_model) is strict and without pickle; a damaged file is one line.
+"""
+
+import argparse
+import os
+import shutil
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+QUANTIZATION = {"bits": 8, "scheme": "int8 weight-only, per output channel"}
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """W [N, K] -> (Q int8 [N, K], s float32 [N]) with W ~ Q * s[:, None] (module docstring)."""
+    w = weight.detach().float()
+    scale = w.abs().amax(1).clamp(min=1e-12) / 127
+    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
+class Int8Linear(nn.Module):
+    """A linear layer with int8 weights and per-channel scales (buffers, not parameters:
+    nothing here trains)."""
+
+    def __init__(self, out_features: int, in_features: int, device=None):
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, device=device))
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor) -> "Int8Linear":
+        layer = cls(*weight.shape, device=weight.device)
+        layer.weight, layer.weight_scale = quantize_rows(weight)
+        return layer
+
+    def forward(self, x):
+        scale = self.weight_scale.to(x.dtype)
+        if x.device.type == "cpu":  # torch's CPU kernel wants rows [M, K]
+            flat = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.weight, scale)
+            return flat.view(*x.shape[:-1], -1)
+        return F.linear(x, self.weight.to(x.dtype)) * scale
+
+
+def quantize_int8(model):
+    """Swap every linear layer of the base (the blocks and the head) for an Int8Linear of
+    its weight, in place; a SAT adapter stays in its float dtype. Returns the model."""
+    for block in model.layers:
+        for module in (block.self_attn, block.mlp):
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(module, name, Int8Linear.from_float(child.weight))
+    model.lm_head = Int8Linear.from_float(model.lm_head.weight)  # a tied head gets its own int8 copy
+    model.args.extra["quantization"] = QUANTIZATION
+    return model
+
+
+def int8_shells(model):
+    """The quantized layout with empty values (for checkpoint.load_model to fill)."""
+    for block in model.layers:
+        for module in (block.self_attn, block.mlp):
+            for name, child in list(module.named_children()):
+                setattr(module, name, Int8Linear(child.out_features, child.in_features, child.weight.device))
+    head = model.lm_head
+    model.lm_head = Int8Linear(head.out_features, head.in_features, head.weight.device)
+    return model
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a checkpoint directory (Hugging Face layout)")
+    p.add_argument("--out", required=True, help="where to write the int8 checkpoint")
+    a = p.parse_args()
+    from checkpoint import is_adapter_dir, load_model, model_files_dir, save_model
+    from model import CheckpointError
+    from tokenizer import FILES as TOKENIZER_FILES
+    try:
+        if is_adapter_dir(a.model):
+            raise CheckpointError(f"{a.model} is a SAT adapter: quantize its base, then give the adapter "
+                                  "--quantize int8 at load")
+        model = load_model(a.model)
+    except CheckpointError as e:
+        sys.exit(f"error: {e}")
+    if model.args.extra.get("quantization"):
+        sys.exit(f"error: {a.model} is quantized already")
+    save_model(quantize_int8(model), a.out)
+    for name in TOKENIZER_FILES + ("tokenizer_config.json",):
+        src = os.path.join(model_files_dir(a.model), name)
+        if os.path.isfile(src):
+            shutil.copy(src, os.path.join(a.out, name))
+    size = os.path.getsize(os.path.join(a.out, "model.safetensors"))
+    print(f"wrote {a.out}: int8 weights, one float32 scale per output channel, {size / 2**20:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""quantize.py: weight-only int8 with per-channel scales, in memory and on disk.
+
+Anchors: the round trip moves no weight by more than half its row's scale; the int8
+product equals the product with the dequantized weight; greedy speculative decoding of an
+int8 model equals greedy AR of the same int8 model; the checkpoint loads without pickle to
+the same logits, and a damaged one is one error line.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from checkpoint import load_model, save_model
+from model import CheckpointError
+from quantize import Int8Linear, quantize_int8, quantize_rows
+from test_decode import PROMPT, REPEATING, run, tiny_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.quick
+def test_round_trip_is_within_half_a_scale_per_channel():
+    w = torch.randn(64, 48, generator=torch.Generator().manual_seed(0)) * torch.logspace(-3, 1, 64)[:, None]
+    q, scale = quantize_rows(w)
+    assert q.dtype == torch.int8 and scale.shape == (64,)
+    assert torch.equal(q.abs().amax(1), torch.full((64,), 127, dtype=torch.int8))  # each row spans the range
+    error = (q.float() * scale[:, None] - w).abs()
+    assert (error <= scale[:, None] / 2 + 1e-7 * w.abs()).all()  # rounding: half a step at most
+    assert error.amax() > 0  # and it is a real rounding, not a copy
+
+
+def test_int8_product_is_the_dequantized_product(device):
+    layer = Int8Linear.from_float(torch.randn(40, 24, generator=torch.Generator().manual_seed(1)).to(device))
+    x = torch.randn(2, 5, 24, generator=torch.Generator().manual_seed(2)).to(device)
+    dequantized = layer.weight.float() * layer.weight_scale[:, None]
+    torch.testing.assert_close(layer(x), x @ dequantized.T, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("method", ["sdsat", "tree", "fused", "lookup"])
+def test_greedy_speculative_decoding_of_an_int8_model_equals_its_ar(method, device):
+    model = quantize_int8(tiny_model(seed=3, device=device))
+    assert sum(isinstance(m, Int8Linear) for m in model.modules()) == 7 * model.args.num_hidden_layers + 1
+    for prompt in (PROMPT, REPEATING):
+        want, _, _ = run(model, prompt, "ar", 40)
+        got, stats, _ = run(model, prompt, method, 40, k=3)
+        assert got == want and stats.forwards < 40
+
+
+def test_the_checkpoint_loads_to_the_same_logits_and_a_damaged_one_is_one_line(tmp_path):
+    base = tmp_path / "base"
+    save_model(tiny_model(seed=3), str(base))
+    out = tmp_path / "int8"
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "quantize.py"), "--model", str(base), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    loaded, want = load_model(str(out)), quantize_int8(tiny_model(seed=3))
+    assert isinstance(loaded.lm_head, Int8Linear) and loaded.lm_head.weight.dtype == torch.int8
+    tokens = torch.tensor([PROMPT])
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens), want(tokens))
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])  # cut short
+    with pytest.raises(CheckpointError, match="model.safetensors is not a readable safetensors file"):
+        load_model(str(out))
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "bench.py"), "--model", str(out), "--latency-only",
+                           "--dtype", "float32"], capture_output=True, text=True)  # needs no tokenizer
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: ") and "model.safetensors" in proc.stderr
