@@ -51,8 +51,9 @@ from decode import (generate_ar, generate_sdsat, load_or_exit, load_tokenizer_or
                     resolve_sat_id)
 from decode_common import Stats, prefill
 from decode_fused import generate_fused
-from decode_lookup import generate_hybrid, generate_lookup
-from decode_tree import TREE_DEPTH5, build_tree, generate_sdsat_tree
+from decode_lookup import generate_lookup, lookup_matches
+from decode_tree import (MAX_FED, TREE_DEPTH5, TREE_TABLE, Shape, build_tree, choose_shape, generate_sdsat_tree,
+                         generate_tree, read_tree_table)
 from machine import now, pick_device, slow_bf16_warning
 from model import DEFAULT_MODEL, DTYPES, Llama
 from sampling import Warper
@@ -62,22 +63,29 @@ from tokenizer import Tokenizer
 OUT = "runs/bench"  # git-ignored: committed results change only with an explicit --out
 
 
+# fused decoding's k = 3 as a draft-tree shape: a chain of SAT rank-0 guesses, a group at every node
+FUSED_CHAIN = Shape(((0,), (0, 0), (0, 0, 0)), k=3, groups=4)
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
-    kind: str  # "ar", "chain", "tree", "fused", "lookup", "hybrid", or "hf" (transformers' generate)
+    kind: str  # "ar", "chain", "tree", "fused", "lookup", "draft_tree", or "hf" (transformers' generate)
     k: int = 0  # SATs
     warper: Warper = Warper()
     drafts: int = 0  # most drafts copied by prompt lookup per pass
     compiled: bool = False  # decode through compiled.StaticModel (torch.compile, fixed shapes)
+    shape: Shape | None = None  # draft_tree: its shape; None = chosen per dtype from the run's cost curve
 
 
 def tokens_fed(m: Method) -> int | None:
     """Tokens that one decode forward of method m feeds at most: the cost side of tokens per
-    forward. Lookup feeds 1 + m copies (m <= drafts); the hybrid feeds that, or 1 + 2k in a
-    pass of k SAT guesses and k SATs. None for transformers' generate (not ours to count)."""
+    forward. Lookup feeds 1 + m copies (m <= drafts); the draft tree its shape's size at most
+    (MAX_FED before its shape is chosen). None for transformers' generate (not ours to count)."""
+    if m.kind == "draft_tree":
+        return m.shape.nominal_size if m.shape else MAX_FED
     return {"ar": 1, "chain": 1 + m.k, "tree": 1 + len(TREE_DEPTH5), "fused": 1 + m.k + (m.k + 1) * m.k,
-            "lookup": 1 + m.drafts, "hybrid": 1 + max(m.drafts, 2 * m.k), "hf": None}[m.kind]
+            "lookup": 1 + m.drafts, "hf": None}[m.kind]
 
 
 def methods_for(ks: list[int], fused_ks: list[int], sampling: bool, peers: bool = False,
@@ -90,7 +98,9 @@ def methods_for(ks: list[int], fused_ks: list[int], sampling: bool, peers: bool 
     if compiled:  # the same methods again, compiled: compiled SDSAT against compiled AR
         out += [replace(m, name=f"{m.name} (compiled)", compiled=True) for m in out]
     out += [Method("lookup" if i == 0 else f"lookup, {c} copies", "lookup", drafts=c) for i, c in enumerate(copies)]
-    out += [Method("hybrid k=2", "hybrid", 2, drafts=5)]
+    out += [Method("draft tree", "draft_tree")]  # the shape of the run's curve (choose_shape) ...
+    out += [Method("draft tree, chain k=3", "draft_tree", shape=FUSED_CHAIN),  # ... against fixed ones
+            Method("draft tree, 3 copies", "draft_tree", shape=Shape(copies=3, copy_len=6))]
     if peers:
         out += [Method("hf generate", "hf"), Method("hf prompt lookup", "hf", drafts=10)]
         out += [Method("hf generate (compiled)", "hf", compiled=True)] if compiled else []
@@ -106,7 +116,7 @@ def methods_for(ks: list[int], fused_ks: list[int], sampling: bool, peers: bool 
 
 
 def run_once(model: Llama, prompt: list[int], m: Method, max_new: int, sat_id: int | None,
-             stop_ids, seed: int, tree, hf=None, static: StaticModel | None = None) -> dict:
+             stop_ids, seed: int, tree, hf=None, static: StaticModel | None = None, table=None) -> dict:
     if m.kind == "hf":
         return run_hf(hf, prompt, m, max_new, stop_ids, static.cache.max_len if m.compiled else 0)
     dev = model.device
@@ -129,9 +139,9 @@ def run_once(model: Llama, prompt: list[int], m: Method, max_new: int, sat_id: i
         tokens, stats = generate_fused(model, cache, logits, max_new, m.warper, m.k, sat_id, stop_ids, gen)
     elif m.kind == "lookup":
         tokens, stats = generate_lookup(model, cache, logits, max_new, m.warper, prompt, m.drafts, stop_ids, gen)
-    elif m.kind == "hybrid":
-        tokens, stats = generate_hybrid(model, cache, logits, max_new, m.warper, prompt, m.k, sat_id, m.drafts,
-                                        stop_ids, gen)
+    elif m.kind == "draft_tree":
+        tokens, stats = generate_tree(model, cache, logits, max_new, m.warper, sat_id, m.shape, prompt, table,
+                                      stop_ids, gen)
     else:
         tokens, stats = generate_sdsat_tree(model, cache, logits, max_new, m.warper, sat_id, tree, stop_ids, gen)
     t2 = now(dev)
@@ -171,7 +181,7 @@ def quality(model: Llama, tok: Tokenizer, heldout: list[list[int]], new_tokens: 
 
 
 def bench_dtype(model: Llama, prompts: dict, methods: list[Method], max_new: int, sat_id, stop_ids,
-                tree, seed: int, hf=None, static=None) -> dict:
+                tree, seed: int, hf=None, static=None, table=None) -> dict:
     """hf: transformers' model on the same weights, for the methods of kind "hf";
     static: the compiled path (compiled.StaticModel), for the compiled methods."""
     results = {}
@@ -179,13 +189,13 @@ def bench_dtype(model: Llama, prompts: dict, methods: list[Method], max_new: int
         runs = {m.name: [] for m in methods}
         for m in methods:  # warm-up: every code path once, not counted
             progress(f"{set_name} warm-up: {m.name}")
-            run_once(model, encoded[0], m, min(16, max_new), sat_id, stop_ids, seed, tree, hf, static)
+            run_once(model, encoded[0], m, min(16, max_new), sat_id, stop_ids, seed, tree, hf, static, table)
         for i, prompt in enumerate(encoded):
             order = methods[i % len(methods):] + methods[:i % len(methods)]
             for m in order:
                 progress(f"{set_name} prompt {i + 1}/{len(encoded)}: {m.name}")
                 runs[m.name].append(run_once(model, prompt, m, max_new, sat_id, stop_ids, seed + i, tree, hf,
-                                             static))
+                                             static, table))
         progress("")
         results[set_name] = summarise(methods, runs)
     return results
@@ -228,7 +238,7 @@ def summarise(methods: list[Method], runs: dict) -> dict:
         forwards = sum(s.forwards for s in stats)
         accepted = [a for s in stats for a in s.accepted]
         k = m.k
-        positions = max(k, m.drafts) if m.kind != "hf" else 0  # draft slots per pass
+        positions = max(k, m.drafts, *(s.k for s in stats)) if m.kind != "hf" else 0  # draft slots per pass
         checked = [sum(s.checked_at[j] for s in stats) for j in range(positions)]
         acc_at = [sum(s.accepted_at[j] for s in stats) for j in range(positions)]
         ours = m.kind not in ("ar", "hf")  # a speculative method whose iterations we count
@@ -242,8 +252,10 @@ def summarise(methods: list[Method], runs: dict) -> dict:
             "tokens_per_s": rate, "speedup": rate / ar_rate,
             "forwards": forwards if m.kind != "hf" else None,
             "tokens_per_forward": (new - len(rs)) / max(1, forwards) if m.kind != "hf" else None,
-            "ceiling": {"ar": 1, "chain": (k + 2) / 2, "fused": k + 1, "lookup": m.drafts + 1,
-                        "hybrid": max(m.drafts, k) + 1}.get(m.kind),
+            "ceiling": {"ar": 1, "chain": (k + 2) / 2, "fused": k + 1, "lookup": m.drafts + 1}.get(m.kind),
+            "shape": m.shape.describe() if m.shape else None,
+            "accepted_from": ({src: sum(s.accepted_from.get(src, 0) for s in stats) for src in ("sat", "copy", "both")}
+                              if m.kind == "draft_tree" else None),
             "tokens_fed_per_forward": tokens_fed(m),
             "accepted_per_iter": sum(accepted) / max(1, len(accepted)) if ours else None,
             "accepted_per_iter_less_repetitive_half": sum(low_rep) / max(1, len(low_rep)) if ours else None,
@@ -273,6 +285,7 @@ def acceptance(model_dirs: list[str], prompts: dict, k: int, max_new: int, sat_i
                 r = json.load(f)
             row["minutes"] = round(r["minutes"] if "minutes" in r else
                                    (r.get("elapsed_before", 0) + r.get("elapsed", 0)) / 60, 2)
+        texts, all_ranks = [], []  # for the draft tree's table: every text, every anchor's ranks
         for name, encoded in prompts.items():
             counts, ranked = [], ([], [])  # accepted drafts of every iteration; SAT logits, the model's tokens
             for i, ids in enumerate(encoded):
@@ -281,6 +294,7 @@ def acceptance(model_dirs: list[str], prompts: dict, k: int, max_new: int, sat_i
                 logits = prefill(model, cache, ids)
                 text, stats = generate_sdsat(model, cache, logits, max_new, Warper(), k, sat, model.args.stop_ids)
                 counts += stats.accepted
+                texts.append((ids + text, len(ids)))
                 for part, got in zip(ranked, sat_candidates(model, ids + text, len(ids), k, sat)):
                     part.append(got)
             row[name] = round(sum(counts) / max(1, len(counts)), 3)
@@ -290,11 +304,31 @@ def acceptance(model_dirs: list[str], prompts: dict, k: int, max_new: int, sat_i
             sat_logits, own = torch.cat(ranked[0]), torch.cat(ranked[1])
             # what a draft tree can use: hit rates at ranks 1, 2, 4 per SAT; calibration; every anchor's ranks
             row[f"{name}_ranks"] = rank_stats(sat_logits, own)
-            row[f"{name}_ranks"]["rows"] = draft_ranks(sat_logits, own).tolist()
+            all_ranks += draft_ranks(sat_logits, own).tolist()
+        row["tree_table"] = {"k": k, "sat_ranks": all_ranks, "copy_holds": copy_holds(texts)}
         progress("")
-        print(json.dumps(row), flush=True)
+        print(json.dumps({key: v for key, v in row.items() if key != "tree_table"}), flush=True)
         rows.append(row)
     return rows
+
+
+def copy_holds(texts: list[tuple[list[int], int]], max_copies: int = 3, max_len: int = 10) -> dict:
+    """How often copies hold, from the model's own greedy text (ids, prompt length): for c =
+    1..max_copies, holds[c][i] = the share of positions after the prompt where one of the
+    first c copies (lookup_matches) equals the next i + 1 tokens of the text. No model runs:
+    a copy holds exactly where it equals what the model wrote."""
+    hits, seen = {c: [0] * max_len for c in range(1, max_copies + 1)}, 0
+    for ids, start in texts:
+        for t in range(start - 1, len(ids) - 1):
+            copies, future = lookup_matches(ids[:t + 1], max_copies, max_len), ids[t + 1:t + 1 + max_len]
+            held = [next((i for i, (a, b) in enumerate(zip(cp, future)) if a != b), min(len(cp), len(future)))
+                    for cp in copies]
+            for c in hits:
+                best = max(held[:c], default=0)
+                for i in range(best):
+                    hits[c][i] += 1
+            seen += 1
+    return {str(c): [round(h / max(1, seen), 4) for h in v] for c, v in hits.items()}
 
 
 def sat_candidates(model: Llama, ids: list[int], prompt_len: int, k: int, sat_id: int):
@@ -348,6 +382,9 @@ def main():
     p.add_argument("--quantize", choices=["int8"], default=None,
                    help="int8: weight-only int8 with per-channel scales (quantize.py), at load; with "
                         "--latency-only an int8 curve beside the bf16/fp32 ones (default: none)")
+    p.add_argument("--tree-table", default=None,
+                   help="the drafts' measured acceptance that the draft tree's shape is chosen from (default: the "
+                        "model directory's tree_table.json; --acceptance writes OUT/tree_table.json)")
     p.add_argument("--full", action="store_true", help="every prompt and method")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
@@ -403,6 +440,7 @@ def main():
     tok = load_tokenizer_or_exit(a.model)
     sat_id = None if a.quality else resolve_sat_id(args, a.sat_token_id)  # --quality decodes greedily only
     tree = build_tree(TREE_DEPTH5, device)
+    table = read_tree_table(a.tree_table or os.path.join(a.model, TREE_TABLE), a.tree_table is not None)
     if a.peers:
         try:
             import transformers  # noqa: F401 (only to know it is there, before anything runs)
@@ -432,6 +470,9 @@ def main():
         rows = acceptance(a.acceptance or [a.model], encoded, (a.k or [5])[-1], a.max_new_tokens or 48,
                           a.sat_token_id, device, a.label)
         os.makedirs(a.out, exist_ok=True)
+        write_json(os.path.join(a.out, TREE_TABLE), rows[-1].pop("tree_table"))  # the last model's
+        for r in rows:
+            r.pop("tree_table", None)
         with open(os.path.join(a.out, "acceptance.jsonl"), "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         plot_learning_curve(os.path.join(a.out, "acceptance.jsonl"), os.path.join(a.out, "learning_curve.png"))
@@ -459,8 +500,11 @@ def main():
                   f"{model.args.max_position_embeddings}", file=sys.stderr)
         print(f"{dtype}: loaded in {load_s:.1f}s (peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB); "
               f"{len(methods)} methods x {sum(map(len, encoded.values()))} prompts x {max_new} tokens", file=sys.stderr)
-        sizes = sorted({1, 2, 4, 8, 16} | {tokens_fed(m) for m in methods} - {None})
+        sizes = sorted({1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64} | {tokens_fed(m) for m in methods} - {None})
         lat = forward_latency(model, sizes)
+        shape, rate = choose_shape(lat, table)  # the draft tree's shape, from this very curve
+        print(f"{dtype}: draft tree shape {shape.describe()} (expected {rate:.1f} tok/s)", file=sys.stderr)
+        dtype_methods = [replace(m, shape=shape) if m.kind == "draft_tree" and m.shape is None else m for m in methods]
         hf = load_peer(a.model, device, DTYPES[dtype]) if a.peers else None
         res = {"load_s": load_s, "forward_latency_s": lat, "floor": floors(model, sizes, 128),
                "ar_loop_overhead_s": ar_loop_overhead(model)}
@@ -472,8 +516,11 @@ def main():
             first = next(iter(encoded.values()))[0]
             res["compile"] = compile_methods(model, static, first, methods, sat_id, model.args.stop_ids, tree, hf)
             res["compiled_latency_s"] = forward_latency(model, sizes, static=static)
-        res["sets"] = bench_dtype(model, encoded, methods, max_new, sat_id, model.args.stop_ids, tree, a.seed, hf,
-                                  static)
+        res["tree_shape"] = {"describe": shape.describe(), "sat_paths": shape.sat_paths, "k": shape.k,
+                             "groups": shape.groups, "copies": shape.copies, "copy_len": shape.copy_len,
+                             "expected_tok_s": rate}
+        res["sets"] = bench_dtype(model, encoded, dtype_methods, max_new, sat_id, model.args.stop_ids, tree, a.seed,
+                                  hf, static, table)
         results[dtype] = res
         del model, hf, static
     table = markdown(results)

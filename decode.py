@@ -38,8 +38,9 @@ from checkpoint import load_model, read_config
 from compiled import StaticModel
 from decode_common import Emitter, Stats, draft_pass, finish, prefill, split_draft, verify
 from decode_fused import generate_fused
-from decode_lookup import generate_hybrid, generate_lookup
-from decode_tree import TREE_DEPTH5, build_tree, generate_sdsat_tree
+from decode_lookup import generate_lookup
+from decode_tree import (MAX_FED, TREE_DEPTH5, TREE_TABLE, build_tree, choose_shape, generate_sdsat_tree,
+                         generate_tree, parse_shape, read_tree_table)
 from machine import pick_device, slow_bf16_warning
 from model import DEFAULT_MODEL, DTYPES, CheckpointError, KVCache, Llama, ModelArgs, pack_weights
 from quantize import quantize_int8
@@ -172,8 +173,8 @@ DEFAULT_PROMPT = "def fibonacci(n):\n"
 # a method that ignores it is refused: a flag silently ignored looks like a result.
 METHOD_OPTIONS = {"ar": set(), "sdsat": {"k", "tree", "sat_token_id", "trace"},
                   "fused": {"k", "sat_token_id", "trace"}, "lookup": {"copies", "trace"},
-                  "hybrid": {"k", "copies", "sat_token_id", "trace"}}
-COPIES = {"lookup": 10, "hybrid": 5}  # default --copies: transformers' 10; the hybrid's, SDSAT.md section 10
+                  "tree": {"shape", "tree_table", "sat_token_id", "trace"}}
+COPIES = {"lookup": 10}  # default --copies: transformers' 10
 
 
 def block_sizes(method: str, k: int, tree: bool, copies: int = 0) -> tuple[int, int]:
@@ -182,12 +183,13 @@ def block_sizes(method: str, k: int, tree: bool, copies: int = 0) -> tuple[int, 
     Two-step feeds 1 + k tokens, its last SAT k positions past the newest token; the tree
     feeds 29 tokens, 5 deep; fused feeds 1 + k + (k + 1) k tokens and its last group's
     last SAT sits k positions past d_k, which is k - 1 past the newest cached token. Lookup
-    feeds at most 1 + `copies` copies (real tokens, no SATs); the hybrid 1 + `copies` or
-    1 + k guesses + k SATs, the last SAT 2k positions past cur."""
+    feeds at most 1 + `copies` copies (real tokens, no SATs). The draft tree (decode_tree.
+    generate_tree) feeds at most `copies` tokens (its shape's size) and its SATs reach k
+    past its deepest node (here: 2k, k = the deepest node)."""
     if tree:
         return len(TREE_DEPTH5) + 1, max(len(p) for p in TREE_DEPTH5)
     return {"ar": (0, 0), "sdsat": (k + 1, k), "fused": (1 + k + (k + 1) * k, 2 * k - 1), "lookup": (1 + copies, 0),
-            "hybrid": (1 + max(copies, 2 * k), 2 * k)}[method]
+            "tree": (copies, 2 * k)}[method]
 
 
 def memory_needed(args: ModelArgs, max_len: int, fed: int, dtype: torch.dtype) -> int:
@@ -235,18 +237,25 @@ def main():
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate (default: %(default)s)")
     p.add_argument("--method", choices=list(METHOD_OPTIONS), default="ar",
                    help="ar: one token per forward pass; sdsat: two-step draft-then-verify; fused: one-step; "
-                        "lookup: drafts copied from earlier text; hybrid: copies where they exist, SAT drafts "
-                        "elsewhere (default: %(default)s)")
+                        "lookup: drafts copied from earlier text; tree: SAT candidates and copies in one token tree, "
+                        "one pass an iteration (decode_tree.generate_tree) (default: %(default)s)")
     p.add_argument("--k", type=int, default=None,
-                   help="SATs, so drafts, per step; sdsat, fused and hybrid only (default: 5)")
+                   help="SATs, so drafts, per step; sdsat and fused only (default: 5)")
     p.add_argument("--copies", type=int, default=None,
-                   help="most drafts copied per pass; lookup and hybrid only (default: 10 for lookup, as "
-                        "transformers' prompt lookup; 5 for hybrid). Fewer pay where a forward's cost grows "
+                   help="most drafts copied per pass; lookup only (default: 10, as "
+                        "transformers' prompt lookup). Fewer pay where a forward's cost grows "
                         "fast with the tokens fed: bench_results/peers/copies.md")
     p.add_argument("--tree", action="store_true",
                    help="with --method sdsat: verify a depth-5 token tree instead of a chain of --k drafts")
+    p.add_argument("--shape", default=None,
+                   help="--method tree: the tree each pass feeds; auto (the default) picks the one with the most "
+                        "expected tokens per second from this machine's cost curve, timed at start, and "
+                        "--tree-table; or SPEC such as 'k=2,nodes=6,groups=2,copies=2,len=4' (decode_tree.Shape)")
+    p.add_argument("--tree-table", default=None,
+                   help="--method tree: the drafts' measured acceptance (bench.py --acceptance writes it; "
+                        "default: the model directory's tree_table.json, else copies alone)")
     p.add_argument("--sat-token-id", type=int, default=None,
-                   help="the SAT's id; sdsat, fused and hybrid only (default: the config's sat_token_id)")
+                   help="the SAT's id; sdsat, fused and tree only (default: the config's sat_token_id)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest tokens; 0 = off (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=1.0,
@@ -272,7 +281,7 @@ def main():
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     given = {"k": a.k is not None, "tree": a.tree, "sat_token_id": a.sat_token_id is not None, "trace": a.trace,
-             "copies": a.copies is not None}
+             "copies": a.copies is not None, "shape": a.shape is not None, "tree_table": a.tree_table is not None}
     for name in (n for n, g in given.items() if g and n not in METHOD_OPTIONS[a.method]):
         users = " or ".join(m for m, options in METHOD_OPTIONS.items() if name in options)
         raise SystemExit(f"error: --{name.replace('_', '-')} does nothing with --method {a.method} "
@@ -317,6 +326,11 @@ def main():
     if args.sat_token_id is not None and args.sat_token_id in prompt:
         warnings.append(f"warning: the prompt holds the SAT id {args.sat_token_id} as a real token: the model "
                         "reads it as a SAT there")
+    if a.method == "tree":
+        table = read_tree_table(a.tree_table or os.path.join(a.model, TREE_TABLE), a.tree_table is not None)
+        shape = parse_shape(a.shape, table) if a.shape not in (None, "auto") else None
+        k = shape.k if shape else table.get("k", 0)
+        copies = shape.nominal_size if shape else MAX_FED  # auto: the largest it may choose
     room, reach = block_sizes(a.method, k, a.tree, copies)  # the widest block fed; how far past the text its SATs sit
     drafts = "--tree" if a.tree else f"--method {a.method}" + (f" --k {k}" if "k" in METHOD_OPTIONS[a.method] else "")
     fix = "fewer --max-new-tokens" + (" or a smaller --k" if "k" in METHOD_OPTIONS[a.method] and not a.tree else "")
@@ -368,9 +382,14 @@ def main():
         elif a.method == "lookup":
             tokens, stats = generate_lookup(model, cache, logits, max_new, warper, prompt, copies, trace=trace,
                                             **common)
-        elif a.method == "hybrid":
-            tokens, stats = generate_hybrid(model, cache, logits, max_new, warper, prompt, k, sat, copies,
-                                            trace=trace, **common)
+        elif a.method == "tree":
+            if shape is None:  # auto: this machine's cost curve, timed now, and the table
+                from bench_latency import forward_latency
+                curve = forward_latency(model, [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64], min(len(prompt), 128), 3)
+                shape, rate = choose_shape(curve, table)
+                print(f"tree shape: {shape.describe()} (expected {rate:.1f} tok/s here)", file=sys.stderr)
+            tokens, stats = generate_tree(model, cache, logits, max_new, warper, sat, shape, prompt, table,
+                                          trace=trace, **common)
         elif a.tree:
             tokens, stats = generate_sdsat_tree(model, cache, logits, max_new, warper, sat,
                                                 build_tree(TREE_DEPTH5, device), trace=trace, **common)

@@ -2,9 +2,9 @@
 the two halves of a speculative step, splitting a draft pass and verifying drafts.
 
 The loops themselves: decode.py (autoregressive and SDSAT's two-step loop, the paper),
-decode_tree.py (a token tree), decode_fused.py (one-step fused), decode_lookup.py (prompt
-lookup and the SAT + lookup hybrid). Each takes a prefilled cache and the logits of the
-last prompt token and returns (new token ids, Stats).
+decode_tree.py (the paper's token tree, and the one-pass tree of SAT candidates and
+copies), decode_fused.py (one-step fused), decode_lookup.py (prompt lookup). Each takes a
+prefilled cache and the logits of the last prompt token and returns (new token ids, Stats).
 """
 
 from dataclasses import dataclass, field
@@ -26,6 +26,7 @@ class Stats:
     checked_at: list[int] = field(default_factory=list)  # [k]: times draft j was checked
     accepted_at: list[int] = field(default_factory=list)  # [k]: times draft j was accepted
     new_tokens: int = 0
+    accepted_from: dict = field(default_factory=dict)  # draft tree: accepted tokens by source (sat, copy, both)
 
     def __post_init__(self):
         self.checked_at = self.checked_at or [0] * self.k

@@ -9,8 +9,8 @@ TRACE_LEGEND = {  # what one iteration of each method does, in the words its tra
               "        follows if exactly i guesses are accepted (the first guesses come from one draft pass)"],
     "lookup": ["lookup  feeds guesses copied from earlier text (what followed the last tokens when they last",
                "        occurred) and checks them in one pass"],
-    "hybrid": ["hybrid  one pass checks copied guesses where the last 2-3 tokens occurred before; otherwise it",
-               "        checks the SATs' guesses and feeds k SATs after them for the next guesses"],
+    "draft-tree": ["tree    one pass checks a tree of the SATs' top guesses and copies of earlier text, and feeds",
+                   "        groups of SATs at its likeliest ends: the group where the walk ends guesses next"],
 }
 TRACE_MARKS = ["✓ accepted   ✗ rejected   · never checked (it comes after a rejected guess)",
                "bonus: the model's own token after the last accepted guess; every check yields one",
@@ -67,13 +67,12 @@ def trace_printer(tok, colour: bool):
                   f"next guesses from group {n}: {show(ev['next_drafts'])} "
                   + cache(ev["cache_before"], ev["cache_after"],
                           f"{unaccepted} unaccepted guesses and all {ev['sats']} SATs dropped"))
-        elif step == "hybrid":
-            fed = [f"{len(ev['drafts'])} {ev['drafts_from']} guesses"] if ev["drafts"] else []
-            fed += [f"{ev['sats']} SATs"] if ev["sats"] else []
-            dropped = [f"{unaccepted} unaccepted guesses"] if ev["drafts"] else []
-            dropped += [f"{ev['sats']} SATs"] if ev["sats"] else []
-            print(f"hybrid  {cur} + {' + '.join(fed)}: {checked(ev)} {emitted(ev)} "
-                  + cache(ev["cache_before"], ev["cache_after"], f"{' and '.join(dropped) or 'nothing'} dropped"))
+        elif step == "draft-tree":
+            kinds = [src for _, _, src in ev["nodes"][1:]]
+            fed = f"{kinds.count('sat') + kinds.count('both')} SAT guesses, {kinds.count('copy') + kinds.count('both')} copied"
+            print(f"tree    {cur} + {len(kinds)} nodes ({fed}) + {ev['sats']} SATs: path {checked(ev)} {emitted(ev)} "
+                  + cache(ev["cache_before"], ev["cache_after"],
+                          f"the path moved together, {len(kinds) - n} other nodes and {ev['sats']} SATs dropped"))
         else:  # lookup
             print(f"lookup  {cur} + {len(ev['drafts'])} copied guesses: {checked(ev)} {emitted(ev)} "
                   + cache(ev["cache_before"], ev["cache_after"], f"{unaccepted} unaccepted guesses dropped"))

@@ -73,7 +73,7 @@ def test_standard_logits_equal_the_base_in_the_training_layout(device):
 
 
 @pytest.mark.quick
-@pytest.mark.parametrize("method", ["sdsat", "tree", "fused", "hybrid"])
+@pytest.mark.parametrize("method", ["sdsat", "tree", "fused", "draft-tree"])
 def test_greedy_decoding_with_the_adapter_equals_base_ar(method, device):
     base = tiny_model(seed=3, device=device)
     model = with_adapter(tiny_model(seed=3, device=device))

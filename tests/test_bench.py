@@ -33,11 +33,13 @@ def test_summary_is_consistent_with_the_runs():
     model = tiny_model()
     methods = [bench.Method("ar", "ar"), bench.Method("sdsat k=2", "chain", 2), bench.Method("sdsat tree", "tree", 5),
                bench.Method("fused k=2", "fused", 2), bench.Method("sdsat k=2 T=1", "chain", 2, Warper(1.0)),
-               bench.Method("lookup", "lookup", drafts=10), bench.Method("hybrid k=2", "hybrid", 2, drafts=5)]
+               bench.Method("lookup", "lookup", drafts=10),
+               bench.Method("draft tree", "draft_tree", shape=bench.Shape(copies=2, copy_len=3)),
+               bench.Method("draft tree, chain k=3", "draft_tree", shape=bench.FUSED_CHAIN)]
     prompts = {"p": [[1, 2, 3, 4], [5, 6, 7, 1, 2]]}
     res = bench.bench_dtype(model, prompts, methods, 24, 9, [], build_tree(TREE_DEPTH5), seed=0)["p"]
     assert res["ar"]["speedup"] == 1.0 and res["ar"]["tokens_per_forward"] == 1.0
-    for name in ("sdsat k=2", "sdsat tree", "fused k=2", "lookup", "hybrid k=2"):
+    for name in ("sdsat k=2", "sdsat tree", "fused k=2", "lookup", "draft tree", "draft tree, chain k=3"):
         r = res[name]
         assert r["exact_match"] == 2  # float32 greedy: identical to autoregressive
         assert r["new_tokens"] == 48
@@ -47,7 +49,10 @@ def test_summary_is_consistent_with_the_runs():
     assert res["fused k=2"]["tokens_fed_per_forward"] == 1 + 2 + 3 * 2
     assert res["lookup"]["tokens_fed_per_forward"] == 11 and res["lookup"]["ceiling"] == 11
     assert len(res["lookup"]["acceptance_by_position"]) == 10
-    assert res["hybrid k=2"]["tokens_fed_per_forward"] == 1 + 5
+    assert res["draft tree"]["tokens_fed_per_forward"] == 1 + 2 * 3  # cur + 2 copies of 3
+    assert res["draft tree, chain k=3"]["tokens_fed_per_forward"] == 1 + 3 + 4 * 3  # fused k = 3's
+    copies_only, chain = res["draft tree"]["accepted_from"], res["draft tree, chain k=3"]["accepted_from"]
+    assert copies_only["sat"] == copies_only["both"] == 0 and chain["copy"] == chain["both"] == 0  # their sources
     assert res["sdsat k=2 T=1"]["exact_match"] is None  # sampling: no exact-match claim
     # two-step: 2 forwards per iteration, 2 + accepted tokens per iteration
     r = res["sdsat k=2"]

@@ -93,7 +93,7 @@ def long_position_model(tmp_path_factory):
      "error: --method fused --k 1000 puts SATs up to position 2018"),
     (["decode.py", "--method", "sdsat", "--k", "600"], "error: --method sdsat --k 600 puts SATs up to position 739"),
     (["decode.py", "--method", "sdsat", "--tree", "--max-new-tokens", "497"], "error: --tree puts SATs up to"),
-    (["decode.py", "--copies", "3"], "error: --copies does nothing with --method ar (it is for --method lookup or hybrid)"),
+    (["decode.py", "--copies", "3"], "error: --copies does nothing with --method ar (it is for --method lookup)"),
     (["decode.py", "--method", "lookup", "--copies", "0"], "error: --copies must be at least 1, got 0"),
     (["decode.py", "--max-len", "0"], "error: prompt of 11 tokens + 128 new tokens exceeds --max-len 0"),
     (["decode.py", "--model", "missing-dir"], "error: model directory missing-dir does not exist"),
@@ -245,7 +245,7 @@ def test_data_from_another_tokenizer_is_refused_with_the_command_that_rebuilds_i
     assert line.endswith(f"python corpus.py --out {data_dir} --with-tests --tokenizer {BASE_MODEL}"), line
 
 
-@pytest.mark.parametrize("method, copies", [("lookup", 2), ("hybrid", 3)])
+@pytest.mark.parametrize("method, copies", [("lookup", 2), ("lookup", 3)])
 def test_copies_caps_the_drafts_copied_per_pass(method, copies, tmp_path):
     proc = run([os.path.join(REPO, "decode.py"), "--method", method, "--copies", str(copies), "--trace",
                 "--max-new-tokens", "48"], tmp_path)

@@ -1,5 +1,5 @@
 """Decoding loops: autoregressive with the cache, SDSAT (chain and tree) and fused decoding;
-prompt lookup and the hybrid in test_decode_lookup.py.
+prompt lookup in test_decode_lookup.py, the draft tree of every source in test_decode_tree.py.
 
 The anchors: cached decoding equals uncached decoding; greedy SDSAT equals greedy
 autoregressive decoding token for token (float32); SDSAT sampling reproduces the
@@ -14,8 +14,8 @@ import decode_common
 from decode import generate_ar, generate_sdsat
 from decode_common import prefill
 from decode_fused import fused_layout, generate_fused
-from decode_lookup import generate_hybrid, generate_lookup
-from decode_tree import TREE_DEPTH5, build_tree, generate_sdsat_tree
+from decode_lookup import generate_lookup
+from decode_tree import TREE_DEPTH5, Shape, build_tree, generate_sdsat_tree, generate_tree
 from model import Llama, ModelArgs, init_weights
 from sampling import Warper, sample
 
@@ -32,7 +32,13 @@ def tiny_model(vocab=50, seed=0, layers=2, dim=32, heads=4, kv_heads=2, std=0.5,
     return model.eval().to(device)
 
 
-def run(model, prompt, method, max_new, warper=Warper(), k=3, stop_ids=(), seed=0, trace=None, cache_len=256):
+# A draft tree with every source: SAT candidates of ranks 0-1 two deep, groups of 2 SATs at
+# three nodes, two copies of up to 4 tokens.
+MIXED_SHAPE = Shape(((0,), (1,), (0, 0), (0, 1), (1, 0)), k=2, groups=3, copies=2, copy_len=4)
+
+
+def run(model, prompt, method, max_new, warper=Warper(), k=3, stop_ids=(), seed=0, trace=None, cache_len=256,
+        shape=None):
     """Prefill a fresh cache and decode; returns (tokens, stats, cache)."""
     cache = model.new_cache(cache_len)
     gen = torch.Generator(model.device).manual_seed(seed)
@@ -47,9 +53,9 @@ def run(model, prompt, method, max_new, warper=Warper(), k=3, stop_ids=(), seed=
     elif method == "lookup":
         out = generate_lookup(model, cache, logits, max_new, warper, prompt, stop_ids=stop_ids, generator=gen,
                               trace=trace)
-    elif method == "hybrid":
-        out = generate_hybrid(model, cache, logits, max_new, warper, prompt, k, sat, stop_ids=stop_ids,
-                              generator=gen, trace=trace)
+    elif method == "draft-tree":  # SAT candidates and copies in one tree (decode_tree.generate_tree)
+        out = generate_tree(model, cache, logits, max_new, warper, sat, shape or MIXED_SHAPE, prompt, stop_ids=stop_ids,
+                            generator=gen, trace=trace)
     else:
         out = generate_sdsat_tree(model, cache, logits, max_new, warper, sat,
                                   build_tree(TREE_DEPTH5, model.device), stop_ids, gen, trace=trace)
@@ -302,13 +308,13 @@ def test_tree_greedy_equals_ar(device):
         assert max(stats.accepted) >= 2  # a 10-token vocabulary: the tree does accept
 
 
-@pytest.mark.parametrize("method", ["sdsat", "tree", "fused", "lookup", "hybrid"])
+@pytest.mark.parametrize("method", ["sdsat", "tree", "fused", "lookup", "draft-tree"])
 def test_cache_after_decoding_equals_refeeding(method, device):
     """After decoding (with truncation or tree compaction), the cache holds exactly what
     feeding prompt + emitted tokens (all but the last, which is `cur`) from scratch gives.
-    Lookup and the hybrid get a prompt that repeats itself, so that copies are made."""
+    Lookup and the draft tree get a prompt that repeats itself, so that copies are made."""
     model = tiny_model(vocab=10, seed=3, device=device)
-    prompt = REPEATING if method in ("lookup", "hybrid") else PROMPT
+    prompt = REPEATING if method in ("lookup", "draft-tree") else PROMPT
     tokens, stats, cache = run(model, prompt, method, 37, k=4)
     assert sum(stats.accepted) > 0
     ref = model.new_cache(256)
@@ -383,8 +389,8 @@ def sampled_tokens23_counts(model, prompt, method, warper, sat_id, k=2):
             out, _ = generate_fused(model, cache, logits, 3, warper, k, sat_id, generator=gen)
         elif method == "lookup":
             out, _ = generate_lookup(model, cache, logits, 3, warper, prompt, generator=gen)
-        elif method == "hybrid":
-            out, _ = generate_hybrid(model, cache, logits, 3, warper, prompt, k, sat_id, generator=gen)
+        elif method == "draft-tree":
+            out, _ = generate_tree(model, cache, logits, 3, warper, sat_id, MIXED_SHAPE, prompt, generator=gen)
         else:
             out, _ = generate_sdsat_tree(model, cache, logits, 3, warper, sat_id, tree, generator=gen)
         counts[tuple(out[1:3])] = counts.get(tuple(out[1:3]), 0) + 1

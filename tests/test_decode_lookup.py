@@ -1,6 +1,6 @@
-"""Prompt lookup and the SAT + lookup hybrid (decode_lookup.py): which copies are drafted,
-greedy output equal to autoregressive decoding, stop ids and budgets at every slot, and
-sampling that keeps the autoregressive distribution.
+"""Prompt lookup (decode_lookup.py): which copies are drafted, greedy output equal to
+autoregressive decoding, stop ids and budgets at every slot, and sampling that keeps the
+autoregressive distribution. (Copies beside SAT candidates in one tree: test_decode_tree.py.)
 """
 
 import pytest
@@ -25,7 +25,7 @@ def test_lookup_drafts_latest_match_longest_ngram_first():
 
 
 @pytest.mark.quick
-@pytest.mark.parametrize("method", ["lookup", "hybrid"])
+@pytest.mark.parametrize("method", ["lookup", "draft-tree"])
 def test_lookup_greedy_equals_ar(method, device):
     accepted = 0
     for seed in range(4):
@@ -40,28 +40,16 @@ def test_lookup_greedy_equals_ar(method, device):
     assert accepted > 50
 
 
-def test_hybrid_uses_copies_sat_guesses_and_draft_passes(device):
-    model = tiny_model(vocab=8, seed=1, device=device)
-    events = []
-    out, stats, _ = run(model, PROMPT, "hybrid", 80, k=3, trace=events.append)
-    assert out == run(model, PROMPT, "ar", 80)[0]
-    assert {e["drafts_from"] for e in events} == {"copy", "SAT", "none"}
-    assert all(e["drafts"] == [] for e in events if e["drafts_from"] == "none")
-
-
-@pytest.mark.parametrize("method", ["lookup", "hybrid"])
-def test_lookup_scripted_model_every_copy_accepted(method, device):
+def test_lookup_scripted_model_every_copy_accepted(device):
     # SCRIPT repeats every 11 tokens, so once 11 + 2 tokens are known every copy is right.
-    # The SATs' guesses are all wrong (good = 0): the hybrid must still equal the script.
+    method = "lookup"
     model = ScriptedModel(SCRIPT, 0, 11, device)
     prompt = SCRIPT[:14]
     events = []
     tokens, stats, cache = run(model, prompt, method, 60, k=2, trace=events.append)
     assert tokens == SCRIPT[14:74]
-    copies = [e for e in events if e.get("drafts_from", "copy") == "copy"]
-    assert len(copies) == len(events) and all(e["accepted"] == len(e["drafts"]) for e in events)
-    most = 10 if method == "lookup" else 5  # copies per pass: at most 10 (as transformers), 5 in the hybrid
-    assert [len(e["drafts"]) for e in events[:5]] == [most] * 5
+    assert all(e["accepted"] == len(e["drafts"]) for e in events)
+    assert [len(e["drafts"]) for e in events[:5]] == [10] * 5  # copies per pass: at most 10 (as transformers)
     L = len(prompt)
     for e in events:  # fed: cur + m copies (no SATs beside copies); kept: all of them
         m = len(e["drafts"])
@@ -70,7 +58,7 @@ def test_lookup_scripted_model_every_copy_accepted(method, device):
         L = e["cache_after"]
 
 
-@pytest.mark.parametrize("method", ["lookup", "hybrid"])
+@pytest.mark.parametrize("method", ["lookup", "draft-tree"])
 def test_lookup_stop_id_at_every_slot_and_budget(method, device):
     model = ScriptedModel(SCRIPT, 2, 11, device)
     prompt = SCRIPT[:14]
@@ -83,7 +71,7 @@ def test_lookup_stop_id_at_every_slot_and_budget(method, device):
         assert run(model, prompt, method, n, k=2)[0] == full[:n]
 
 
-@pytest.mark.parametrize("method", ["lookup", "hybrid"])
+@pytest.mark.parametrize("method", ["lookup", "draft-tree"])
 def test_lookup_stop_ids_random_model_match_ar(method, device):
     model = tiny_model(vocab=12, seed=1, device=device)
     full, _, _ = run(model, REPEATING, "ar", 40)
@@ -92,10 +80,10 @@ def test_lookup_stop_ids_random_model_match_ar(method, device):
         assert run(model, REPEATING, method, 40, k=4, stop_ids=[stop])[0] == ar
 
 
-@pytest.mark.parametrize("method", ["lookup", "hybrid"])
-def test_lookup_sampling_matches_ar_distribution(method, device):
+def test_lookup_sampling_matches_ar_distribution(device):
     # The prompt repeats itself, so tokens 2 and 3 are decided by accepting or rejecting
-    # copies (point-mass drafts) and, in the hybrid, SAT guesses.
+    # copies (point-mass drafts).
+    method = "lookup"
     model = sampling_model(device=device)
     prompt = [1, 0, 2, 1, 0, 2, 1, 0]
     warper = Warper(temperature=1.0)

@@ -19,9 +19,8 @@ from corpus import is_held_out
 from decode import generate_ar, generate_sdsat
 from decode_common import prefill
 from decode_fused import generate_fused
-from decode_lookup import generate_hybrid
-from decode_tree import TREE_DEPTH5, build_tree, generate_sdsat_tree
-from model import MODELS_DIR
+from decode_tree import TREE_DEPTH5, Shape, build_tree, generate_sdsat_tree, generate_tree
+from model import MODELS_DIR, pack_weights
 from sampling import Warper
 from tokenizer import Tokenizer
 
@@ -88,7 +87,11 @@ def test_standard_logits_are_the_bases_bit_for_bit(models):
                                                          causal_prefix=64)[:, 64:])
 
 
-@pytest.mark.parametrize("method", ["sdsat", "tree", "fused", "hybrid"])
+# A draft tree of both sources: the SATs' top candidates three deep, groups at 2 nodes, 2 copies.
+TREE = Shape(((0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0)), k=3, groups=2, copies=2, copy_len=6)
+
+
+@pytest.mark.parametrize("method", ["sdsat", "tree", "fused", "draft-tree"])
 def test_greedy_decoding_with_the_adapter_equals_the_bases_ar(method, models):
     """On held-out files: every method's greedy output is the base model's own, and the
     adapter's drafts are accepted."""
@@ -108,7 +111,29 @@ def test_greedy_decoding_with_the_adapter_equals_the_bases_ar(method, models):
         elif method == "fused":
             got, stats = generate_fused(model, cache, logits, 40, w, 3, sat_id)
         else:
-            got, stats = generate_hybrid(model, cache, logits, 40, w, prompt, 2, sat_id)
+            got, stats = generate_tree(model, cache, logits, 40, w, sat_id, TREE, prompt)
         assert got == want, path
         accepted += sum(stats.accepted)
     assert accepted > 0  # the drafts are used, not just verified away
+
+
+@pytest.mark.parametrize("method", ["sdsat", "draft-tree"])
+def test_packed_weights_decode_what_the_unpacked_base_does(method, models):
+    """Pre-packed weights (model.pack_weights), float32: the packed base's AR equals the
+    unpacked base's, and the packed SAT model's speculative text equals both."""
+    base, model = models
+    packed_base, packed = pack_weights(load_model(BASE)), pack_weights(load_model(SAT))
+    tok = Tokenizer(SAT)
+    for path in HELD_OUT[:2]:
+        prompt = tok.encode(read(path))[:96]
+        texts = []
+        for m, how in ((base, "ar"), (packed_base, "ar"), (packed, method)):
+            cache = m.new_cache(256)
+            logits, w = prefill(m, cache, prompt), Warper()
+            if how == "ar":
+                texts.append(generate_ar(m, cache, logits, 40, w)[0])
+            elif how == "sdsat":
+                texts.append(generate_sdsat(m, cache, logits, 40, w, 5, m.args.sat_token_id)[0])
+            else:
+                texts.append(generate_tree(m, cache, logits, 40, w, m.args.sat_token_id, TREE, prompt)[0])
+        assert texts[0] == texts[1] == texts[2], path
