@@ -54,6 +54,36 @@ def forward_latency(model: Llama, sizes: list[int], prefix: int = 128, reps: int
     return out
 
 
+@torch.inference_mode()
+def draft_pass_cost(model: Llama, k: int = 5, prefix: int = 128, reps: int = 15) -> dict:
+    """What SATs add to a pass (the adapter's low-rank changes): median seconds of a forward
+    of 1 + k real tokens, of [cur, S * k] with the changes computed for the SAT rows alone
+    (model.linear, as decoding runs), and with them computed for every row and then chosen
+    by the SAT mask (how model.linear did it before)."""
+    import model as model_module
+    dev, sat = model.device, model.adapter.sat_id
+    cache = model.new_cache(prefix + 1 + k)
+    model(torch.ones(1, prefix, dtype=torch.long, device=dev), cache=cache)
+    real = torch.ones(1, 1 + k, dtype=torch.long, device=dev)
+    sats = torch.tensor([[1] + [sat] * k], device=dev)
+
+    def timed(tokens):
+        times = []
+        for _ in range(reps + 2):
+            cache.truncate(prefix)
+            t0 = now(dev)
+            model(tokens, cache=cache)
+            times.append(now(dev) - t0)
+        return statistics.median(times[2:])
+    out = {"real": timed(real), "sat_rows_only": timed(sats)}
+    tail, model_module.sat_tail = model_module.sat_tail, lambda is_sat: None  # every row, then the mask
+    try:
+        out["every_row_masked"] = timed(sats)
+    finally:
+        model_module.sat_tail = tail
+    return out
+
+
 def forward_work(model: Llama, T: int, prefix: int) -> tuple[float, float]:
     """(bytes read, FLOPs) of one forward of T tokens after `prefix` cached ones."""
     a, item = model.args, model.dtype.itemsize
@@ -158,6 +188,8 @@ def latency_only(a, device: torch.device):
             res["unpacked_latency_s"] = forward_latency(model, sizes, a.prefix, a.reps)
             pack_weights(model)
         res["forward_latency_s"] = forward_latency(model, sizes, a.prefix, a.reps)
+        if model.adapter is not None:  # what the SATs' adapter adds to a draft pass of k = 5
+            res["draft_pass_s"] = draft_pass_cost(model, 5, a.prefix, a.reps)
         if a.quantize == "int8":  # and weight-only int8, with its own floor (half the weights' bytes)
             quantize_int8(model)
             res["int8_latency_s"] = forward_latency(model, sizes, a.prefix, a.reps)

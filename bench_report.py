@@ -105,10 +105,13 @@ def environment_line(env: dict) -> str:
 
 
 def latency_table(res: dict, dtype: str, prefix: int, parameters: int | None = None) -> str:
-    """Forward latency against tokens fed, eager (and compiled, where timed), each as a
-    multiple of the 1-token forward and of its floor (bench_latency.py)."""
+    """Forward latency against tokens fed (the weights pre-packed where they can be:
+    model.pack_weights), each as a multiple of the 1-token forward and of its floor
+    (bench_latency.py); beside it, where timed: the weights as loaded, compiled, int8."""
     lat = {int(T): t for T, t in res["forward_latency_s"].items()}  # JSON keys are strings
-    comp = {int(T): t for T, t in res.get("compiled_latency_s", {}).items()}
+    extra = {name: {int(T): t for T, t in res[key].items()} for name, key in
+             (("unpacked", "unpacked_latency_s"), ("compiled", "compiled_latency_s"), ("int8", "int8_latency_s"))
+             if res.get(key)}
     floor = res.get("floor")
     head = f"**forward latency, {dtype}" + (f", {parameters / 1e6:.0f}M parameters" if parameters else "")
     lines = [head + f"** (cache of {prefix} tokens)"]
@@ -116,18 +119,28 @@ def latency_table(res: dict, dtype: str, prefix: int, parameters: int | None = N
         lines[0] += (f"; floor = max(bytes / {floor['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, "
                      f"FLOPs / {floor['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s), both measured in this run")
     cols = ["tokens fed", "ms", "x T(1)"] + (["floor ms", "x floor", "bound"] if floor else [])
-    cols += ["compiled ms", "x compiled T(1)"] + (["compiled x floor"] if floor else []) if comp else []
+    for name in extra:
+        cols += [f"{name} ms", f"x {name} T(1)"] + ([f"{name} x floor"] if floor else [])
     lines += ["", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     for T, t in sorted(lat.items()):
         cells = [str(T), f"{1000 * t:.1f}", f"{t / lat[1]:.2f}"]
         w = floor["widths"].get(T) or floor["widths"].get(str(T)) if floor else None
         if floor:
             cells += [f"{1000 * w['floor_s']:.1f}", f"{t / w['floor_s']:.2f}", w["bound"]]
-        if comp:
-            cells += [f"{1000 * comp[T]:.1f}", f"{comp[T] / comp[1]:.2f}"] + ([f"{comp[T] / w['floor_s']:.2f}"] if floor else [])
+        for name, curve in extra.items():
+            f = (res.get("int8_floor") if name == "int8" else None) or floor
+            fw = f["widths"].get(T) or f["widths"].get(str(T)) if f else None
+            cells += [f"{1000 * curve[T]:.1f}", f"{curve[T] / curve[1]:.2f}"] + ([f"{curve[T] / fw['floor_s']:.2f}"] if f else [])
         lines.append("| " + " | ".join(cells) + " |")
+    if res.get("int8_floor"):
+        lines += ["", "int8's floor reads a byte a weight (its own column of multiples)."]
     if res.get("compile_s"):
         lines += ["", "Compiling, per width: " + ", ".join(f"{T} tokens {s:.1f} s" for T, s in res["compile_s"].items())]
+    if res.get("draft_pass_s"):
+        d = res["draft_pass_s"]
+        lines += ["", f"A draft pass [cur, 5 SATs] with the adapter: {1000 * d['sat_rows_only']:.1f} ms with its changes "
+                      f"computed for the SAT rows alone, {1000 * d['every_row_masked']:.1f} ms computed for every row "
+                      f"and masked (before); 6 real tokens {1000 * d['real']:.1f} ms."]
     return "\n".join(lines)
 
 

@@ -361,6 +361,11 @@ def main():
         print(warning, file=sys.stderr)
     model = load_or_exit(a.model, device, DTYPES[a.dtype], pack=not (a.no_pack or a.compile), quantize=a.quantize)
     gen = torch.Generator(device=device).manual_seed(a.seed)
+    if a.method == "tree" and shape is None:  # auto: this machine's cost curve, timed now, and the table
+        from bench_latency import forward_latency
+        curve = forward_latency(model, [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64], max(1, min(len(prompt), 256)), 3)
+        shape, rate = choose_shape(curve, table)
+        print(f"tree shape: {shape.describe()} (expected {rate:.1f} tok/s here)", file=sys.stderr)
     static = StaticModel(model, max_len) if a.compile else None
     cache = static.cache if a.compile else model.new_cache(max_len)
     # --trace prints one line per iteration, then the text; otherwise the text streams.
@@ -383,11 +388,6 @@ def main():
             tokens, stats = generate_lookup(model, cache, logits, max_new, warper, prompt, copies, trace=trace,
                                             **common)
         elif a.method == "tree":
-            if shape is None:  # auto: this machine's cost curve, timed now, and the table
-                from bench_latency import forward_latency
-                curve = forward_latency(model, [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64], min(len(prompt), 128), 3)
-                shape, rate = choose_shape(curve, table)
-                print(f"tree shape: {shape.describe()} (expected {rate:.1f} tok/s here)", file=sys.stderr)
             tokens, stats = generate_tree(model, cache, logits, max_new, warper, sat, shape, prompt, table,
                                           trace=trace, **common)
         elif a.tree:
