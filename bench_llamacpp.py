@@ -115,9 +115,9 @@ def main(argv=None):
     p.add_argument("--gguf", nargs="+", required=True, help="GGUF files for llama-bench, one row each")
     p.add_argument("--model", default=SMOLLM2_SAT,
                    help="our side: a checkpoint or SAT adapter directory on the GGUF's weights (default: %(default)s)")
-    p.add_argument("--methods", nargs="+", default=["hybrid k=2"],
-                   help="our speculative methods beside ar, by bench.py's row names (default: 'hybrid k=2', "
-                        "bench_results/smollm2/adapter2's fastest)")
+    p.add_argument("--methods", nargs="+", default=["draft tree", "lookup"],
+                   help="our speculative methods beside ar, by bench.py's row names (default: 'draft tree', its "
+                        "shape chosen from this machine's curve, and 'lookup')")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="ours (default: %(default)s)")
     p.add_argument("--prompts", default="heldout", choices=["heldout", "humaneval"], help="(default: %(default)s)")
     p.add_argument("--n-prompts", type=int, default=2, help="our prompts per round (default: %(default)s)")
@@ -141,7 +141,8 @@ def main(argv=None):
     from bench_report import environment
     from checkpoint import write_json, write_text
     from decode import load_or_exit, load_tokenizer_or_exit, read_config_or_exit, resolve_sat_id
-    from decode_tree import TREE_DEPTH5, build_tree
+    from bench_latency import forward_latency
+    from decode_tree import TREE_DEPTH5, TREE_TABLE, build_tree, choose_shape, read_tree_table
     from model import DTYPES
 
     known = {m.name: m for m in bench.methods_for(list(range(1, 9)), list(range(1, 7)), sampling=False)}
@@ -158,12 +159,18 @@ def main(argv=None):
              else humaneval_prompts(a.n_prompts))
     prompts = [tok.encode(t["text"]) for t in texts]
     depth = round(statistics.mean(map(len, prompts)))
-    model = load_or_exit(a.model, device, DTYPES[a.dtype])
+    model = load_or_exit(a.model, device, DTYPES[a.dtype], pack=True)  # as decode.py and bench.py run it
     tree = build_tree(TREE_DEPTH5, device)
     stop = model.args.stop_ids
+    table = read_tree_table(os.path.join(a.model, TREE_TABLE), False)
+    if any(m.kind == "draft_tree" and m.shape is None for m in methods):  # its shape, from this machine's curve
+        shape, _ = choose_shape(forward_latency(model, [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64], depth), table)
+        known = {n: bench.replace(m, shape=shape) if m.kind == "draft_tree" and m.shape is None else m
+                 for n, m in known.items()}
+        methods = [known[m.name] for m in methods]
 
     def ours(m, max_new: int) -> float:
-        runs = [bench.run_once(model, pr, m, max_new, sat_id, stop, 0, tree) for pr in prompts]
+        runs = [bench.run_once(model, pr, m, max_new, sat_id, stop, 0, tree, table=table) for pr in prompts]
         return sum(len(r["tokens"]) - 1 for r in runs) / sum(r["decode_s"] for r in runs)
 
     for m in methods:  # warm-up: every code path once, not counted

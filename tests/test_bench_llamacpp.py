@@ -78,7 +78,7 @@ def test_a_round_beside_a_stand_in(tmp_path):
                          "--model", os.path.join(REPO, "models", "tiny-code-llama-sat"), "--dtype", "float32",
                          "--n-prompts", "1", "--new-tokens", "8", "--rounds", "2", "--reps", "3", "--out", str(out)])
     record = json.loads((out / "llamacpp.json").read_text())
-    assert [r["side"] for r in record["rows"]] == ["llama.cpp", "ours, ar", "ours, hybrid k=2"]
+    assert [r["side"] for r in record["rows"]] == ["llama.cpp", "ours, ar", "ours, draft tree", "ours, lookup"]
     assert record["rows"][0]["samples"] == [100.0, 100.0] and record["llama_cpp_version"] == "b11434 (commit unknown)"
     assert all(r["rounds"] == 2 and r["min"] > 0 for r in record["rows"])
     args = (tmp_path / "args").read_text().split("\n")[0].split()
