@@ -43,7 +43,7 @@ from decode_tree import TREE_DEPTH5, build_tree, generate_sdsat_tree
 from machine import pick_device, slow_bf16_warning
 from model import DEFAULT_MODEL, DTYPES, CheckpointError, KVCache, Llama, ModelArgs
 from sampling import Warper
-from trace_view import trace_printer
+from trace_view import trace_kind, trace_printer
 
 # ----------------------------------------------------------------------------- SDSAT, two steps
 
@@ -70,7 +70,11 @@ def generate_sdsat(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: 
         # 1. Draft: [cur, S * k], then the SATs leave the cache. Output 0 is exact: x.
         logits = draft_pass(model, cache, cur, sats, stats)  # [1 + k, V]
         x, drafts, q = split_draft(warper, logits, generator)
-        if out.emit([int(x)]):
+        done = out.emit([int(x)])
+        if trace:  # one record per forward pass (trace_view.py)
+            trace(dict(step="draft", cur=int(cur), sats=k, x=int(x), drafts=drafts.tolist(), emitted=out.last,
+                       cache_before=L + 1 + k, cache_after=L + 1))
+        if done:
             break
         # 2. Verify: [x, d_1 .. d_k] gives the target distribution at every draft's slot.
         logits = model(torch.cat([x.view(1), drafts])[None], cache=cache)[0]  # [1 + k, V]
@@ -79,10 +83,11 @@ def generate_sdsat(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: 
         stats.count(n, k)
         before = cache.length
         cache.truncate(L + 2 + n)  # keep cur, x and the n accepted drafts
+        done = out.emit(d[:n] + [nxt])
         if trace:
-            trace(dict(step="chain", cur=int(cur), sats=k, x=int(x), drafts=d, accepted=n, bonus=nxt,
-                       cache_before=before, cache_after=cache.length, draft_cache=(L + 1 + k, L + 1)))
-        if out.emit(d[:n] + [nxt]):
+            trace(dict(step="verify", cur=int(x), sats=0, drafts=d, accepted=n, bonus=nxt, emitted=out.last,
+                       cache_before=before, cache_after=cache.length))
+        if done:
             break
         cur = torch.tensor(nxt, device=dev)
     return out.tokens, finish(stats, out)
@@ -177,7 +182,7 @@ def block_sizes(method: str, k: int, tree: bool, copies: int = 0) -> tuple[int, 
     feeds 29 tokens, 5 deep; fused feeds 1 + k + (k + 1) k tokens and its last group's
     last SAT sits k positions past d_k, which is k - 1 past the newest cached token. Lookup
     feeds at most 1 + `copies` copies (real tokens, no SATs); the hybrid 1 + `copies` or
-    1 + k guesses + k SATs, the last SAT 2k positions past cur."""
+    1 + k drafts + k SATs, the last SAT 2k positions past cur."""
     if tree:
         return len(TREE_DEPTH5) + 1, max(len(p) for p in TREE_DEPTH5)
     return {"ar": (0, 0), "sdsat": (k + 1, k), "fused": (1 + k + (k + 1) * k, 2 * k - 1), "lookup": (1 + copies, 0),
@@ -298,9 +303,9 @@ def main():
     else:
         prompt = tok.encode(a.prompt)
     warnings = []
-    depth = len(max(TREE_DEPTH5, key=len)) if a.tree else k  # how far ahead the SATs must guess
+    depth = len(max(TREE_DEPTH5, key=len)) if a.tree else k  # how far ahead the SATs must draft
     if sat is not None and args.sat_k and depth > args.sat_k:
-        asked = "--tree guesses 5 ahead" if a.tree else f"--k {k}"
+        asked = "--tree drafts 5 ahead" if a.tree else f"--k {k}"
         warnings.append(f"warning: {asked}, but this model's SATs were trained with k = {args.sat_k}: SATs past "
                         f"{args.sat_k} were never taught, their drafts will rarely be accepted")
     if args.sat_token_id is not None and args.sat_token_id in prompt:
@@ -351,7 +356,7 @@ def main():
     if a.method == "ar":
         tokens, stats = generate_ar(model, cache, logits, max_new, warper, **common)
     else:
-        trace = trace_printer(tok, sys.stdout.isatty()) if a.trace else None
+        trace = trace_printer(tok, sys.stdout.isatty(), trace_kind(a.method, a.tree)) if a.trace else None
         if a.method == "fused":
             tokens, stats = generate_fused(model, cache, logits, max_new, warper, k, sat, trace=trace, **common)
         elif a.method == "lookup":

@@ -57,10 +57,11 @@ def generate_lookup(model: Llama, cache: KVCache, logits: torch.Tensor, max_new:
         stats.count(n, len(d))
         before = cache.length
         cache.truncate(L + 1 + n)  # keep cur and the n accepted drafts
-        if trace:
-            trace(dict(step="lookup", cur=cur, sats=0, x=None, drafts=d, accepted=n, bonus=nxt,
+        done = out.emit(d[:n] + [nxt])
+        if trace:  # one record per forward pass (trace_view.py)
+            trace(dict(step="lookup", cur=cur, sats=0, drafts=d, accepted=n, bonus=nxt, emitted=out.last,
                        cache_before=before, cache_after=cache.length))
-        if out.emit(d[:n] + [nxt]):
+        if done:
             break
         cur = nxt
     return out.tokens, finish(stats, out)
@@ -76,18 +77,18 @@ def generate_hybrid(model: Llama, cache: KVCache, logits: torch.Tensor, max_new:
     Each pass is one of two kinds (L = cache length):
 
         copy:  [cur, c_1 .. c_m]             m <= max_drafts tokens copied from earlier text
-        SAT:   [cur, d_1 .. d_m, S * k]      m = 0 or k SAT guesses, then k SATs after them
+        SAT:   [cur, d_1 .. d_m, S * k]      m = 0 or k SAT drafts, then k SATs after them
 
     Outputs 0..m are the target distributions for the drafts and the bonus token, as in
-    the chain's verify pass. In a SAT pass, SAT j guesses the token j + 1 after the last
+    the chain's verify pass. In a SAT pass, SAT j drafts the token j + 1 after the last
     real token. The drafts of the next pass, in this order of preference:
       - a copy: the tokens after the latest earlier occurrence of the last 2- or 3-gram;
-      - the SATs' guesses, when a SAT pass accepted every draft: the SATs followed d_m,
-        so they guessed the tokens after the bonus token, which is the next `cur`;
+      - the SATs' drafts, when a SAT pass accepted every draft: the SATs followed d_m,
+        so they drafted the tokens after the bonus token, which is the next `cur`;
       - none: the next pass is [cur, S * k], SDSAT's draft pass (one exact token out).
     SATs ride only on passes without copies: where copies exist they are usually the
-    better guess, and every token fed costs time (section 10).
-    A copy's draft distribution is a point mass, a SAT guess's its warped SAT output, and
+    better draft, and every token fed costs time (section 10).
+    A copy's draft distribution is a point mass, a SAT draft's its warped SAT output, and
     the chain's `verify` checks both: greedy output equals autoregressive decoding, and
     sampling is distributed exactly as autoregressive sampling.
     """
@@ -114,13 +115,14 @@ def generate_hybrid(model: Llama, cache: KVCache, logits: torch.Tensor, max_new:
         stats.count(n, m)
         before = cache.length
         cache.truncate(L + 1 + n)  # keep cur and the accepted drafts; SATs always go
-        if trace:
-            trace(dict(step="hybrid", drafts_from=source, cur=int(cur), sats=len(tail), x=None, drafts=d,
-                       accepted=n, bonus=nxt, cache_before=before, cache_after=cache.length))
-        if out.emit(d[:n] + [nxt]):
+        done = out.emit(d[:n] + [nxt])
+        if trace:  # one record per forward pass (trace_view.py)
+            trace(dict(step="hybrid", drafts_from=source, cur=int(cur), sats=len(tail), drafts=d, accepted=n,
+                       bonus=nxt, emitted=out.last, cache_before=before, cache_after=cache.length))
+        if done:
             break
         cur = torch.tensor(nxt, device=dev)
-        if n == m and source != "copy":  # d_m (or cur) stands: its SATs guessed what follows nxt
+        if n == m and source != "copy":  # d_m (or cur) stands: its SATs drafted what follows nxt
             guesses = logits[1 + m:]  # [k, V]
             q = None if warper.greedy else warper.probs(guesses)
             drafts, source = guesses.argmax(-1) if warper.greedy else sample(q, generator), "SAT"

@@ -170,16 +170,28 @@ def test_trace_teaches(extra, tmp_path):
     assert out.count("✓ accepted   ✗ rejected   · never checked") == 1  # the legend, once
     assert "\033[" not in out  # colours only on a terminal
     passes = [line.split()[0] for line in out.split("\n\n")[1].splitlines()]
-    if "fused" in extra:
-        assert set(passes) == {"fused"} and "next guesses from group" in out
-        assert "unaccepted guesses and all 30 SATs dropped" in out
+    if "fused" in extra:  # one draft pass for the first drafts, then only fused passes
+        assert passes[0] == "draft" and set(passes[1:]) == {"fused"} and "next drafts from group" in out
+        assert "unaccepted drafts and all 30 SATs dropped" in out
     else:  # a draft pass, then its verify pass
         assert passes[::2] == ["draft"] * len(passes[::2]) and passes[1::2] == ["verify"] * len(passes[1::2])
         assert "| cache" in out and ": the SATs are dropped" in out
     if "--tree" in extra:
         assert "other nodes dropped" in out and "no branch holds the model's choice" in out
-    else:  # a rejected guess and those after it, never checked, look different
+    else:  # a rejected draft and those after it, never checked, look different
         assert re.search(r"'✗ '[^']*'·", out)
+    assert "guess" not in out  # one word for one idea: a draft
+
+
+@pytest.mark.parametrize("extra", [["--method", "fused", "--max-new-tokens", "12"],  # its first draft pass too
+                                   ["--method", "sdsat", "--max-new-tokens", "5"]])  # it ends on a draft pass
+def test_one_trace_line_per_forward_pass(extra, tmp_path):
+    """Every loop's records, in process: tests/test_decode.py. Here: the lines they print."""
+    proc = run([os.path.join(REPO, "decode.py"), "--trace", "--prompt", "class Point:", *extra], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split("\n\n")[1].splitlines()
+    forwards = int(re.search(r"(\d+) decode forwards", proc.stderr).group(1))
+    assert len(lines) == forwards > 2
 
 
 def sigint_after(cmd: list[str], ready: str, tmp_path, stream: str = "stdout"):
@@ -250,7 +262,7 @@ def test_copies_caps_the_drafts_copied_per_pass(method, copies, tmp_path):
     proc = run([os.path.join(REPO, "decode.py"), "--method", method, "--copies", str(copies), "--trace",
                 "--max-new-tokens", "48"], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    counts = [int(m) for m in re.findall(r"\+ (\d+) cop(?:ied|y) guesses", proc.stdout)]
+    counts = [int(m) for m in re.findall(r"\+ (\d+) copied drafts?", proc.stdout)]
     assert counts and max(counts) == copies  # the demo's text repeats: the cap is reached, never passed
 
 
