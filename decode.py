@@ -130,9 +130,10 @@ def read_config_or_exit(path: str) -> ModelArgs:
 
 
 def read_prompt_file(path: str) -> str:
-    """The text of --prompt-file, or one line saying why it cannot be read."""
+    """The text of --prompt-file, or one line saying why it cannot be read. A byte-order
+    mark that an editor wrote at its start is not text (utf-8-sig skips it)."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:
             return f.read()
     except FileNotFoundError:
         raise SystemExit(f"error: --prompt-file {path} does not exist")
@@ -227,8 +228,11 @@ def main():
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="checkpoint directory, Hugging Face layout, or a SAT adapter directory (adapter.json), "
                         "which runs on the base it names (default: %(default)s)")
-    p.add_argument("--prompt", default=None, help=f"text to continue (default: {DEFAULT_PROMPT!r})")
-    p.add_argument("--prompt-file", default=None, help="read the prompt from this UTF-8 file instead of --prompt (default: none)")
+    p.add_argument("--prompt", default=None,
+                   help=f"text to continue; an empty one starts from BOS alone (default: {DEFAULT_PROMPT!r})")
+    p.add_argument("--prompt-file", default=None,
+                   help="read the prompt from this UTF-8 file instead of --prompt; an empty file starts from BOS "
+                        "alone, as --prompt '' does (default: none)")
     p.add_argument("--suffix", default=None,
                    help="CodeLlama infilling: write the middle between --prompt and this suffix (default: none)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate (default: %(default)s)")
@@ -280,7 +284,8 @@ def main():
         print(f"warning: greedy decoding (--temperature 0) ignores {', '.join(unused)}", file=sys.stderr)
     if a.prompt is not None and a.prompt_file is not None:
         raise SystemExit("error: give --prompt or --prompt-file, not both")
-    a.prompt = read_prompt_file(a.prompt_file) if a.prompt_file is not None else a.prompt or DEFAULT_PROMPT
+    a.prompt = (read_prompt_file(a.prompt_file) if a.prompt_file is not None else
+                DEFAULT_PROMPT if a.prompt is None else a.prompt)
     k = 5 if a.k is None else a.k
     copies = COPIES.get(a.method, 0) if a.copies is None else a.copies
     if a.max_new_tokens < 1 or k < 1:
@@ -302,6 +307,9 @@ def main():
         stop.append(tok.eot_id)  # the middle ends with ▁<EOT>
     else:
         prompt = tok.encode(a.prompt)
+    if not prompt:  # an empty text and no BOS: nothing to start from
+        raise SystemExit(f"error: the prompt is empty and this model's tokenizer has no BOS token to start from: "
+                         "give some text")
     warnings = []
     depth = len(max(TREE_DEPTH5, key=len)) if a.tree else k  # how far ahead the SATs must draft
     if sat is not None and args.sat_k and depth > args.sat_k:

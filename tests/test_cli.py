@@ -276,6 +276,31 @@ def test_prompt_file_is_read_as_utf8_and_a_binary_file_is_one_line(tmp_path):
     assert proc.stderr.strip() == "error: --prompt-file b.bin is not UTF-8 text (byte 0: invalid start byte)"
 
 
+def test_an_empty_prompt_starts_from_bos_whichever_way_it_comes(tmp_path):
+    import decode
+    (tmp_path / "empty.py").write_text("")
+    given = run([os.path.join(REPO, "decode.py"), "--prompt", "", "--max-new-tokens", "6"], tmp_path)
+    from_file = run([os.path.join(REPO, "decode.py"), "--prompt-file", "empty.py", "--max-new-tokens", "6"], tmp_path)
+    assert given.returncode == from_file.returncode == 0, given.stderr + from_file.stderr
+    assert given.stdout == from_file.stdout and not given.stdout.startswith(decode.DEFAULT_PROMPT)
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(REPO, "models", "smollm2-135m")),
+                    reason="models/smollm2-135m missing: run bash get_smollm2.sh")
+def test_an_empty_prompt_without_bos_is_one_line(tmp_path):
+    proc = run([os.path.join(REPO, "decode.py"), "--model", os.path.join(REPO, "models", "smollm2-135m-sat"),
+                "--prompt", ""], tmp_path)
+    assert proc.returncode == 1 and proc.stdout == "" and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("error: the prompt is empty and this model's tokenizer has no BOS token to "
+                                   "start from: give some text")
+
+
+def test_a_byte_order_mark_is_not_prompt_text(tmp_path):
+    import decode
+    (tmp_path / "bom.py").write_bytes("\ufeffdef größe(x):\r\n".encode("utf-8"))
+    assert decode.read_prompt_file(str(tmp_path / "bom.py")) == "def größe(x):\r\n"  # and line ends as they are
+
+
 @pytest.mark.parametrize("extra, warned", [(["--k", "12"], True), (["--k", "5"], False), (["--tree"], False)])
 def test_k_beyond_the_trained_k_warns_in_one_line(extra, warned, tmp_path):
     proc = run([os.path.join(REPO, "decode.py"), "--method", "sdsat", *extra, "--max-new-tokens", "4"], tmp_path)
