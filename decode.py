@@ -43,6 +43,7 @@ from decode_tree import TREE_DEPTH5, build_tree, generate_sdsat_tree
 from machine import pick_device, slow_bf16_warning
 from model import DEFAULT_MODEL, DTYPES, CheckpointError, KVCache, Llama, ModelArgs
 from sampling import Warper
+from trace_html import check_path, command_line, page_data, write_page
 from trace_view import trace_kind, trace_printer
 
 # ----------------------------------------------------------------------------- SDSAT, two steps
@@ -170,9 +171,9 @@ DEFAULT_PROMPT = "def fibonacci(n):\n"
 
 # What each --method reads besides the prompt and the sampling settings. An option given to
 # a method that ignores it is refused: a flag silently ignored looks like a result.
-METHOD_OPTIONS = {"ar": set(), "sdsat": {"k", "tree", "sat_token_id", "trace"},
-                  "fused": {"k", "sat_token_id", "trace"}, "lookup": {"copies", "trace"},
-                  "hybrid": {"k", "copies", "sat_token_id", "trace"}}
+METHOD_OPTIONS = {"ar": set(), "sdsat": {"k", "tree", "sat_token_id", "trace", "html"},
+                  "fused": {"k", "sat_token_id", "trace", "html"}, "lookup": {"copies", "trace", "html"},
+                  "hybrid": {"k", "copies", "sat_token_id", "trace", "html"}}
 COPIES = {"lookup": 10, "hybrid": 5}  # default --copies: transformers' 10; the hybrid's, SDSAT.md section 10
 
 
@@ -261,6 +262,10 @@ def main():
     p.add_argument("--max-len", type=int, default=None,
                    help="KV cache size in tokens (default: prompt + new tokens + room for drafts)")
     p.add_argument("--trace", action="store_true", help="show every draft and verify pass; every method but ar")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="write one self-contained page of the run to FILE, to step through pass by pass beside "
+                        "autoregressive decoding of the same prompt (run after it); every method but ar "
+                        "(default: none)")
     p.add_argument("--compile", action="store_true",
                    help="decode with torch.compile'd fixed-shape forwards (compiled.StaticModel); the first pass "
                         "of each block width compiles, which takes a while")
@@ -270,7 +275,7 @@ def main():
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     given = {"k": a.k is not None, "tree": a.tree, "sat_token_id": a.sat_token_id is not None, "trace": a.trace,
-             "copies": a.copies is not None}
+             "copies": a.copies is not None, "html": a.html is not None}
     for name in (n for n, g in given.items() if g and n not in METHOD_OPTIONS[a.method]):
         users = " or ".join(m for m, options in METHOD_OPTIONS.items() if name in options)
         raise SystemExit(f"error: --{name.replace('_', '-')} does nothing with --method {a.method} "
@@ -282,6 +287,8 @@ def main():
     unused = [flag for flag, g in (("--top-k", a.top_k != 0), ("--top-p", a.top_p != 1.0), ("--seed", a.seed != 0)) if g]
     if warper.greedy and unused:
         print(f"warning: greedy decoding (--temperature 0) ignores {', '.join(unused)}", file=sys.stderr)
+    if a.html is not None and (why := check_path(a.html)):
+        raise SystemExit(f"error: --html {a.html}: {why}")
     if a.prompt is not None and a.prompt_file is not None:
         raise SystemExit("error: give --prompt or --prompt-file, not both")
     a.prompt = (read_prompt_file(a.prompt_file) if a.prompt_file is not None else
@@ -357,6 +364,7 @@ def main():
         sys.stdout.write(a.prompt)
     t0 = time.perf_counter()
     logits = prefill(model, cache, prompt)  # eager even with --compile: the prompt's length varies
+    eager = model
     if a.compile:
         model = static  # from here on the loops call the compiled graphs
     common = dict(stop_ids=stop, generator=gen, on_tokens=stream)
@@ -364,7 +372,14 @@ def main():
     if a.method == "ar":
         tokens, stats = generate_ar(model, cache, logits, max_new, warper, **common)
     else:
-        trace = trace_printer(tok, sys.stdout.isatty(), trace_kind(a.method, a.tree)) if a.trace else None
+        kind, records, trace = trace_kind(a.method, a.tree), [], None
+        if a.trace or a.html is not None:  # one record per forward pass: --trace prints it, --html keeps it
+            printer = trace_printer(tok, sys.stdout.isatty(), kind) if a.trace else None
+
+            def trace(record):
+                records.append(record)
+                if printer:
+                    printer(record)
         if a.method == "fused":
             tokens, stats = generate_fused(model, cache, logits, max_new, warper, k, sat, trace=trace, **common)
         elif a.method == "lookup":
@@ -393,6 +408,18 @@ def main():
           f"{stats.tokens_per_forward:.2f} tokens/forward"
           + (f", {stats.mean_accepted:.2f} accepted drafts/iteration" if a.method != "ar" else ""),
           file=sys.stderr)
+    if a.html is not None:  # the page shows autoregressive decoding of the same prompt beside the run
+        cache.truncate(0)
+        ar_tokens, ar_stats = generate_ar(eager, cache, prefill(eager, cache, prompt), max_new, warper, stop,
+                                          torch.Generator(device=device).manual_seed(a.seed))
+        data = page_data(records, tok, prompt, tokens, kind, command_line(sys.argv[1:]), warper.greedy, ar_tokens,
+                         ar_stats.forwards)
+        try:
+            write_page(a.html, data)
+        except OSError as e:
+            raise SystemExit(f"error: --html {a.html}: {e.strerror}")
+        print(f"page: {a.html} ({os.path.getsize(a.html) / 1000:.0f} kB, {len(records)} forward passes)",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -102,6 +102,9 @@ def long_position_model(tmp_path_factory):
      "error: prompt of 11 tokens + 100000 new tokens exceed the model's 512 positions (max_position_embeddings): "
      "use --max-new-tokens 501 or fewer"),
     (["decode.py", "--prompt-file", "missing.py"], "error: --prompt-file missing.py does not exist"),
+    (["decode.py", "--html", "p.html"], "error: --html does nothing with --method ar (it is for --method sdsat or"),
+    (["decode.py", "--method", "sdsat", "--html", "missing-dir/p.html"],
+     "error: --html missing-dir/p.html: the folder missing-dir does not exist"),
     (["decode.py", "--prompt-file", "missing.py", "--prompt", "x"], "error: give --prompt or --prompt-file, not both"),
     (["bench.py", "--latency-only", "--project-from", "missing.json"], "error: --project-from missing.json"),
     (["bench.py", "--model", "missing-dir"], "error: model directory missing-dir does not exist"),
@@ -183,11 +186,10 @@ def test_trace_teaches(extra, tmp_path):
     assert "guess" not in out  # one word for one idea: a draft
 
 
-@pytest.mark.parametrize("extra", [["--method", "fused", "--max-new-tokens", "12"],  # its first draft pass too
-                                   ["--method", "sdsat", "--max-new-tokens", "5"]])  # it ends on a draft pass
-def test_one_trace_line_per_forward_pass(extra, tmp_path):
-    """Every loop's records, in process: tests/test_decode.py. Here: the lines they print."""
-    proc = run([os.path.join(REPO, "decode.py"), "--trace", "--prompt", "class Point:", *extra], tmp_path)
+def test_one_trace_line_per_forward_pass(tmp_path):
+    """The fused loop's first draft pass too. Every loop's records, in process: tests/test_decode.py."""
+    proc = run([os.path.join(REPO, "decode.py"), "--trace", "--prompt", "class Point:", "--method", "fused",
+                "--max-new-tokens", "12"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.split("\n\n")[1].splitlines()
     forwards = int(re.search(r"(\d+) decode forwards", proc.stderr).group(1))
