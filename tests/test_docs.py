@@ -9,7 +9,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = ["README.md", "SDSAT.md", "DEMO_MODEL.md", "BENCHMARKS.md"]
+DOCS = ["README.md", "SDSAT.md", "DEMO_MODEL.md", "BENCHMARKS.md", "LESSON.md"]
 
 
 def read(name: str) -> str:
