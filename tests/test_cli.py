@@ -102,7 +102,6 @@ def long_position_model(tmp_path_factory):
      "error: prompt of 11 tokens + 100000 new tokens exceed the model's 512 positions (max_position_embeddings): "
      "use --max-new-tokens 501 or fewer"),
     (["decode.py", "--prompt-file", "missing.py"], "error: --prompt-file missing.py does not exist"),
-    (["decode.py", "--html", "p.html"], "error: --html does nothing with --method ar (it is for --method sdsat or"),
     (["decode.py", "--method", "sdsat", "--html", "missing-dir/p.html"],
      "error: --html missing-dir/p.html: the folder missing-dir does not exist"),
     (["decode.py", "--prompt-file", "missing.py", "--prompt", "x"], "error: give --prompt or --prompt-file, not both"),
