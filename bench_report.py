@@ -163,7 +163,7 @@ def latency_markdown(record: dict) -> str:
 def plot_learning_curve(jsonl: str, path: str):
     """Accepted drafts per iteration against minutes of training, one line per named run
     and prompt set, from the rows of `bench.py --acceptance --label RUN` (and any others
-    with "run" and "minutes")."""
+    with "run" and "minutes"). Returns the figure (None without matplotlib or rows)."""
     import json
     try:
         import matplotlib
@@ -176,7 +176,7 @@ def plot_learning_curve(jsonl: str, path: str):
         rows = [r for r in map(json.loads, filter(str.strip, f)) if "run" in r and "minutes" in r]
     if not rows:
         return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 7), layout="constrained")
     for run in dict.fromkeys(r["run"] for r in rows):
         points = sorted((r for r in rows if r["run"] == run), key=lambda r: r["minutes"])
         for prompts, style in (("heldout", "o-"), ("humaneval", "s--")):
@@ -184,7 +184,7 @@ def plot_learning_curve(jsonl: str, path: str):
     ax.set(xlabel="minutes of training (this CPU)", ylabel="accepted drafts / iteration (k = 5)",
            title="SAT training: greedy two-step acceptance, float32")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.legend(loc="outside lower center", fontsize=7)  # below the axes: it hides no point
     fig.savefig(path, dpi=120)
     print(f"plot: {path}", file=sys.stderr)
+    return fig

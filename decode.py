@@ -45,7 +45,8 @@ from machine import pick_device, slow_bf16_warning
 from model import DEFAULT_MODEL, DTYPES, CheckpointError, KVCache, Llama, ModelArgs, pack_weights
 from quantize import quantize_int8
 from sampling import Warper
-from trace_view import trace_printer
+from trace_html import check_path, command_line, page_data, write_page
+from trace_view import trace_kind, trace_printer
 
 # ----------------------------------------------------------------------------- SDSAT, two steps
 
@@ -72,7 +73,11 @@ def generate_sdsat(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: 
         # 1. Draft: [cur, S * k], then the SATs leave the cache. Output 0 is exact: x.
         logits = draft_pass(model, cache, cur, sats, stats)  # [1 + k, V]
         x, drafts, q = split_draft(warper, logits, generator)
-        if out.emit([int(x)]):
+        done = out.emit([int(x)])
+        if trace:  # one record per forward pass (trace_view.py)
+            trace(dict(step="draft", cur=int(cur), sats=k, x=int(x), drafts=drafts.tolist(), emitted=out.last,
+                       cache_before=L + 1 + k, cache_after=L + 1))
+        if done:
             break
         # 2. Verify: [x, d_1 .. d_k] gives the target distribution at every draft's slot.
         logits = model(torch.cat([x.view(1), drafts])[None], cache=cache)[0]  # [1 + k, V]
@@ -81,10 +86,11 @@ def generate_sdsat(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: 
         stats.count(n, k)
         before = cache.length
         cache.truncate(L + 2 + n)  # keep cur, x and the n accepted drafts
+        done = out.emit(d[:n] + [nxt])
         if trace:
-            trace(dict(step="chain", cur=int(cur), sats=k, x=int(x), drafts=d, accepted=n, bonus=nxt,
-                       cache_before=before, cache_after=cache.length, draft_cache=(L + 1 + k, L + 1)))
-        if out.emit(d[:n] + [nxt]):
+            trace(dict(step="verify", cur=int(x), sats=0, drafts=d, accepted=n, bonus=nxt, emitted=out.last,
+                       cache_before=before, cache_after=cache.length))
+        if done:
             break
         cur = torch.tensor(nxt, device=dev)
     return out.tokens, finish(stats, out)
@@ -132,9 +138,10 @@ def read_config_or_exit(path: str) -> ModelArgs:
 
 
 def read_prompt_file(path: str) -> str:
-    """The text of --prompt-file, or one line saying why it cannot be read."""
+    """The text of --prompt-file, or one line saying why it cannot be read. A byte-order
+    mark that an editor wrote at its start is not text (utf-8-sig skips it)."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:
             return f.read()
     except FileNotFoundError:
         raise SystemExit(f"error: --prompt-file {path} does not exist")
@@ -171,9 +178,9 @@ DEFAULT_PROMPT = "def fibonacci(n):\n"
 
 # What each --method reads besides the prompt and the sampling settings. An option given to
 # a method that ignores it is refused: a flag silently ignored looks like a result.
-METHOD_OPTIONS = {"ar": set(), "sdsat": {"k", "tree", "sat_token_id", "trace"},
-                  "fused": {"k", "sat_token_id", "trace"}, "lookup": {"copies", "trace"},
-                  "tree": {"shape", "tree_table", "sat_token_id", "trace"}}
+METHOD_OPTIONS = {"ar": set(), "sdsat": {"k", "tree", "sat_token_id", "trace", "html"},
+                  "fused": {"k", "sat_token_id", "trace", "html"}, "lookup": {"copies", "trace", "html"},
+                  "tree": {"shape", "tree_table", "sat_token_id", "trace", "html"}}
 COPIES = {"lookup": 10}  # default --copies: transformers' 10
 
 
@@ -230,8 +237,11 @@ def main():
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="checkpoint directory, Hugging Face layout, or a SAT adapter directory (adapter.json), "
                         "which runs on the base it names (default: %(default)s)")
-    p.add_argument("--prompt", default=None, help=f"text to continue (default: {DEFAULT_PROMPT!r})")
-    p.add_argument("--prompt-file", default=None, help="read the prompt from this UTF-8 file instead of --prompt (default: none)")
+    p.add_argument("--prompt", default=None,
+                   help=f"text to continue; an empty one starts from BOS alone (default: {DEFAULT_PROMPT!r})")
+    p.add_argument("--prompt-file", default=None,
+                   help="read the prompt from this UTF-8 file instead of --prompt; an empty file starts from BOS "
+                        "alone, as --prompt '' does (default: none)")
     p.add_argument("--suffix", default=None,
                    help="CodeLlama infilling: write the middle between --prompt and this suffix (default: none)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate (default: %(default)s)")
@@ -267,6 +277,10 @@ def main():
     p.add_argument("--max-len", type=int, default=None,
                    help="KV cache size in tokens (default: prompt + new tokens + room for drafts)")
     p.add_argument("--trace", action="store_true", help="show every draft and verify pass; every method but ar")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="write one self-contained page of the run to FILE, to step through pass by pass beside "
+                        "autoregressive decoding of the same prompt (run after it); every method but ar "
+                        "(default: none)")
     p.add_argument("--compile", action="store_true",
                    help="decode with torch.compile'd fixed-shape forwards (compiled.StaticModel); the first pass "
                         "of each block width compiles, which takes a while")
@@ -281,7 +295,8 @@ def main():
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     given = {"k": a.k is not None, "tree": a.tree, "sat_token_id": a.sat_token_id is not None, "trace": a.trace,
-             "copies": a.copies is not None, "shape": a.shape is not None, "tree_table": a.tree_table is not None}
+             "copies": a.copies is not None, "shape": a.shape is not None, "tree_table": a.tree_table is not None,
+             "html": a.html is not None}
     for name in (n for n, g in given.items() if g and n not in METHOD_OPTIONS[a.method]):
         users = " or ".join(m for m, options in METHOD_OPTIONS.items() if name in options)
         raise SystemExit(f"error: --{name.replace('_', '-')} does nothing with --method {a.method} "
@@ -293,9 +308,12 @@ def main():
     unused = [flag for flag, g in (("--top-k", a.top_k != 0), ("--top-p", a.top_p != 1.0), ("--seed", a.seed != 0)) if g]
     if warper.greedy and unused:
         print(f"warning: greedy decoding (--temperature 0) ignores {', '.join(unused)}", file=sys.stderr)
+    if a.html is not None and (why := check_path(a.html)):
+        raise SystemExit(f"error: --html {a.html}: {why}")
     if a.prompt is not None and a.prompt_file is not None:
         raise SystemExit("error: give --prompt or --prompt-file, not both")
-    a.prompt = read_prompt_file(a.prompt_file) if a.prompt_file is not None else a.prompt or DEFAULT_PROMPT
+    a.prompt = (read_prompt_file(a.prompt_file) if a.prompt_file is not None else
+                DEFAULT_PROMPT if a.prompt is None else a.prompt)
     k = 5 if a.k is None else a.k
     copies = COPIES.get(a.method, 0) if a.copies is None else a.copies
     if a.max_new_tokens < 1 or k < 1:
@@ -317,10 +335,13 @@ def main():
         stop.append(tok.eot_id)  # the middle ends with ▁<EOT>
     else:
         prompt = tok.encode(a.prompt)
+    if not prompt:  # an empty text and no BOS: nothing to start from
+        raise SystemExit(f"error: the prompt is empty and this model's tokenizer has no BOS token to start from: "
+                         "give some text")
     warnings = []
-    depth = len(max(TREE_DEPTH5, key=len)) if a.tree else k  # how far ahead the SATs must guess
+    depth = len(max(TREE_DEPTH5, key=len)) if a.tree else k  # how far ahead the SATs must draft
     if sat is not None and args.sat_k and depth > args.sat_k:
-        asked = "--tree guesses 5 ahead" if a.tree else f"--k {k}"
+        asked = "--tree drafts 5 ahead" if a.tree else f"--k {k}"
         warnings.append(f"warning: {asked}, but this model's SATs were trained with k = {args.sat_k}: SATs past "
                         f"{args.sat_k} were never taught, their drafts will rarely be accepted")
     if args.sat_token_id is not None and args.sat_token_id in prompt:
@@ -374,6 +395,7 @@ def main():
         sys.stdout.write(a.prompt)
     t0 = time.perf_counter()
     logits = prefill(model, cache, prompt)  # eager even with --compile: the prompt's length varies
+    eager = model
     if a.compile:
         model = static  # from here on the loops call the compiled graphs
     common = dict(stop_ids=stop, generator=gen, on_tokens=stream)
@@ -381,7 +403,14 @@ def main():
     if a.method == "ar":
         tokens, stats = generate_ar(model, cache, logits, max_new, warper, **common)
     else:
-        trace = trace_printer(tok, sys.stdout.isatty()) if a.trace else None
+        kind, records, trace = trace_kind(a.method, a.tree), [], None
+        if a.trace or a.html is not None:  # one record per forward pass: --trace prints it, --html keeps it
+            printer = trace_printer(tok, sys.stdout.isatty(), kind) if a.trace else None
+
+            def trace(record):
+                records.append(record)
+                if printer:
+                    printer(record)
         if a.method == "fused":
             tokens, stats = generate_fused(model, cache, logits, max_new, warper, k, sat, trace=trace, **common)
         elif a.method == "lookup":
@@ -410,6 +439,18 @@ def main():
           f"{stats.tokens_per_forward:.2f} tokens/forward"
           + (f", {stats.mean_accepted:.2f} accepted drafts/iteration" if a.method != "ar" else ""),
           file=sys.stderr)
+    if a.html is not None:  # the page shows autoregressive decoding of the same prompt beside the run
+        cache.truncate(0)
+        ar_tokens, ar_stats = generate_ar(eager, cache, prefill(eager, cache, prompt), max_new, warper, stop,
+                                          torch.Generator(device=device).manual_seed(a.seed))
+        data = page_data(records, tok, prompt, tokens, kind, command_line(sys.argv[1:]), warper.greedy, ar_tokens,
+                         ar_stats.forwards)
+        try:
+            write_page(a.html, data)
+        except OSError as e:
+            raise SystemExit(f"error: --html {a.html}: {e.strerror}")
+        print(f"page: {a.html} ({os.path.getsize(a.html) / 1000:.0f} kB, {len(records)} forward passes)",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ class Emitter:
     def __init__(self, max_new: int, stop_ids, on_tokens=None):
         self.tokens, self.max_new, self.stop_ids, self.on_tokens = [], max_new, set(stop_ids), on_tokens
         self.done = max_new <= 0
+        self.last = []  # what the latest emit took: a stop id or the budget may cut its ids short
 
     def emit(self, ids: list[int]) -> bool:
         """Append ids up to the first stop id or the budget. Returns True when finished."""
@@ -64,8 +65,9 @@ class Emitter:
                 break
             self.tokens.append(t)
             self.done = t in self.stop_ids or len(self.tokens) >= self.max_new
-        if self.on_tokens and len(self.tokens) > start:
-            self.on_tokens(self.tokens[start:])
+        self.last = self.tokens[start:]
+        if self.on_tokens and self.last:
+            self.on_tokens(self.last)
         return self.done
 
 
@@ -81,7 +83,7 @@ def prefill(model: Llama, cache: KVCache, prompt: list[int]) -> torch.Tensor:
 
 def draft_pass(model: Llama, cache: KVCache, cur: torch.Tensor, sats: torch.Tensor, stats: Stats) -> torch.Tensor:
     """Feed [cur, S * k], then cut the SATs out of the cache again (no real token may ever
-    see one): logits [1 + k, V]. Output 0 is exact; output j is a guess j + 1 tokens ahead."""
+    see one): logits [1 + k, V]. Output 0 is exact; output j is a draft j + 1 tokens ahead."""
     L = cache.length
     logits = model(torch.cat([cur.view(1), sats])[None], cache=cache)[0]  # [1 + k, V]
     stats.forwards += 1
@@ -92,7 +94,7 @@ def draft_pass(model: Llama, cache: KVCache, cur: torch.Tensor, sats: torch.Tens
 def split_draft(warper: Warper, logits: torch.Tensor, generator=None):
     """Outputs [1 + k, V] of [cur, S * k] -> (x, drafts [k], q [k, V] or None).
 
-    Output 0 is the exact next token x; output j is a guess j + 1 tokens ahead. Greedy
+    Output 0 is the exact next token x; output j is a draft j + 1 tokens ahead. Greedy
     takes argmaxes; sampling draws x from the target and each draft from its SAT's
     distribution q_j (which the verification needs)."""
     if warper.greedy:

@@ -34,7 +34,7 @@ def generate_fused(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: 
         cur       x          |        |        |
         d1        x   x      |        |        |
         d2        x   x   x  |        |        |
-        group 0   x          | x      |        |          SAT j: guess j+1 after cur
+        group 0   x          | x      |        |          SAT j: draft j+1 after cur
                   x          | x   x  |        |
         group 1   x   x      |        | x      |          ... after d1
                   x   x      |        | x   x  |
@@ -56,10 +56,16 @@ def generate_fused(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: 
     if out.emit([int(cur)]):
         return out.tokens, finish(stats, out)
     # The first drafts: [cur, S * k] as in the two-step loop.
+    L = cache.length
     logits = draft_pass(model, cache, cur, sats, stats)
-    cur, drafts, q = split_draft(warper, logits, generator)
-    if out.emit([int(cur)]):
+    x, drafts, q = split_draft(warper, logits, generator)
+    done = out.emit([int(x)])
+    if trace:  # one record per forward pass (trace_view.py)
+        trace(dict(step="draft", cur=int(cur), sats=k, x=int(x), drafts=drafts.tolist(), emitted=out.last,
+                   cache_before=L + 1 + k, cache_after=L + 1))
+    if done:
         return out.tokens, finish(stats, out)
+    cur = x
     while True:
         L = cache.length
         tokens = torch.cat([cur.view(1), drafts, group_sats])[None]
@@ -76,10 +82,11 @@ def generate_fused(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: 
         stats.count(n, k)
         before = cache.length
         cache.truncate(L + 1 + n)  # cur and the n accepted drafts; rejected drafts and SATs go
+        done = out.emit(d[:n] + [nxt])
         if trace:
-            trace(dict(step="fused", cur=int(cur), sats=(k + 1) * k, x=None, drafts=d, accepted=n, bonus=nxt,
-                       cache_before=before, cache_after=cache.length, next_drafts=drafts.tolist()))
-        if out.emit(d[:n] + [nxt]):
+            trace(dict(step="fused", cur=int(cur), sats=(k + 1) * k, drafts=d, accepted=n, bonus=nxt,
+                       next_drafts=drafts.tolist(), emitted=out.last, cache_before=before, cache_after=cache.length))
+        if done:
             break
         cur = torch.tensor(nxt, device=dev)
     return out.tokens, finish(stats, out)

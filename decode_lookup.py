@@ -79,10 +79,11 @@ def generate_lookup(model: Llama, cache: KVCache, logits: torch.Tensor, max_new:
         stats.count(n, len(d))
         before = cache.length
         cache.truncate(L + 1 + n)  # keep cur and the n accepted drafts
-        if trace:
-            trace(dict(step="lookup", cur=cur, sats=0, x=None, drafts=d, accepted=n, bonus=nxt,
+        done = out.emit(d[:n] + [nxt])
+        if trace:  # one record per forward pass (trace_view.py)
+            trace(dict(step="lookup", cur=cur, sats=0, drafts=d, accepted=n, bonus=nxt, emitted=out.last,
                        cache_before=before, cache_after=cache.length))
-        if out.emit(d[:n] + [nxt]):
+        if done:
             break
         cur = nxt
     return out.tokens, finish(stats, out)

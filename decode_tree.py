@@ -1,7 +1,7 @@
 """SDSAT with a token tree: many candidate continuations verified in one forward pass.
 
 The draft pass is the two-step loop's (decode.py); the verify pass feeds a tree built from
-the top guesses of every SAT, with a mask that lets each node see only its ancestors, then
+the top drafts of every SAT, with a mask that lets each node see only its ancestors, then
 keeps the branch the model itself chooses (SDSAT.md section 4, tree mode).
 """
 
@@ -102,11 +102,15 @@ def generate_sdsat_tree(model: Llama, cache: KVCache, logits: torch.Tensor, max_
         L = cache.length
         logits = draft_pass(model, cache, cur, sats, stats)  # [1 + k, V]
         x = warper.next_token(logits[0], generator)
-        if out.emit([int(x)]):
+        n_ranks = 1 + max(p[-1] for p in tree.paths)  # the host's lists again, not tree.rank
+        top = logits[1:].topk(n_ranks, dim=-1).indices  # [k, n_ranks]: each SAT's drafts, likeliest first
+        done = out.emit([int(x)])
+        if trace:  # one record per forward pass (trace_view.py)
+            trace(dict(step="draft", cur=int(cur), sats=k, x=int(x), drafts=top.tolist(), emitted=out.last,
+                       cache_before=L + 1 + k, cache_after=L + 1))
+        if done:
             break
         # Node tokens: root = x, others = top-ranked tokens of their depth's SAT.
-        n_ranks = 1 + max(p[-1] for p in tree.paths)  # the host's lists again, not tree.rank
-        top = logits[1:].topk(n_ranks, dim=-1).indices  # [k, n_ranks]
         nodes = torch.where(tree.depth == 0, x, top[(tree.depth - 1).clamp(min=0), tree.rank])
         mask = torch.cat([torch.ones(tree.size, L + 1, dtype=torch.bool, device=dev), tree.mask], 1)
         logits = model(nodes[None], positions=(L + 1 + tree.depth)[None], mask=mask[None, None],
@@ -127,12 +131,13 @@ def generate_sdsat_tree(model: Llama, cache: KVCache, logits: torch.Tensor, max_
         stats.count(n, min(k, n + 1))
         before = cache.length
         cache.compact([L + 1 + i for i in path])  # root and accepted nodes, now contiguous
+        done = out.emit([node_tokens[i] for i in path[1:]] + [want])
         if trace:
-            trace(dict(step="tree", cur=int(cur), sats=k, x=int(x), drafts=[node_tokens[i] for i in path[1:]],
-                       accepted=n, bonus=want, cache_before=before, cache_after=cache.length,
-                       path=path, size=tree.size, draft_cache=(L + 1 + k, L + 1),
-                       rejected=[node_tokens[c] for c in tree.children[path[-1]].values()]))
-        if out.emit([node_tokens[i] for i in path[1:]] + [want]):
+            trace(dict(step="tree", cur=int(x), sats=0, nodes=node_tokens, parents=tree.parent, path=path,
+                       drafts=[node_tokens[i] for i in path[1:]], accepted=n, bonus=want,
+                       rejected=[node_tokens[c] for c in tree.children[path[-1]].values()], emitted=out.last,
+                       cache_before=before, cache_after=cache.length))
+        if done:
             break
         cur = torch.tensor(want, device=dev)
     return out.tokens, finish(stats, out)
@@ -302,18 +307,21 @@ def generate_tree(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: i
         before = cache.length
         cache.compact([L + i for i in path])  # cur and the accepted nodes, now contiguous
         bonus = choice[end]
-        if trace:
-            trace(dict(step="draft-tree", cur=cur, sats=len(grouped) * shape.k, x=None,
-                       drafts=[nodes[i].token for i in path[1:]], accepted=n, bonus=bonus, cache_before=before,
-                       cache_after=cache.length, nodes=[(n_.token, n_.parent, n_.source) for n_ in nodes],
-                       path=path, groups=grouped))
-        if out.emit([nodes[i].token for i in path[1:]] + [bonus]):
-            break
-        cur, sat_top = bonus, None
-        if end in grouped:  # its SATs guessed the tokens after the bonus token
+        done = out.emit([nodes[i].token for i in path[1:]] + [bonus])
+        sat_top = None
+        if end in grouped:  # its SATs guessed the tokens after the bonus token: the next candidates
             g = grouped.index(end)
             rows = logits[len(nodes) + g * shape.k:len(nodes) + (g + 1) * shape.k]  # [k, V]
             sat_top = rows.topk(n_ranks, dim=-1).indices.tolist()
+        if trace:  # one record per forward pass (trace_view.py)
+            trace(dict(step="draft-tree", cur=cur, sats=len(grouped) * shape.k, drafts=[nodes[i].token for i in path[1:]],
+                       accepted=n, bonus=bonus, emitted=out.last, cache_before=before, cache_after=cache.length,
+                       nodes=[m.token for m in nodes], parents=[m.parent for m in nodes],
+                       sources=[m.source for m in nodes], path=path, groups=grouped, k=shape.k,
+                       next_drafts=[top[0] for top in sat_top] if sat_top else []))
+        if done:
+            break
+        cur = bonus
     return out.tokens, finish(stats, out)
 
 

@@ -102,6 +102,8 @@ def long_position_model(tmp_path_factory):
      "error: prompt of 11 tokens + 100000 new tokens exceed the model's 512 positions (max_position_embeddings): "
      "use --max-new-tokens 501 or fewer"),
     (["decode.py", "--prompt-file", "missing.py"], "error: --prompt-file missing.py does not exist"),
+    (["decode.py", "--method", "sdsat", "--html", "missing-dir/p.html"],
+     "error: --html missing-dir/p.html: the folder missing-dir does not exist"),
     (["decode.py", "--prompt-file", "missing.py", "--prompt", "x"], "error: give --prompt or --prompt-file, not both"),
     (["bench.py", "--latency-only", "--project-from", "missing.json"], "error: --project-from missing.json"),
     (["bench.py", "--model", "missing-dir"], "error: model directory missing-dir does not exist"),
@@ -170,16 +172,27 @@ def test_trace_teaches(extra, tmp_path):
     assert out.count("✓ accepted   ✗ rejected   · never checked") == 1  # the legend, once
     assert "\033[" not in out  # colours only on a terminal
     passes = [line.split()[0] for line in out.split("\n\n")[1].splitlines()]
-    if "fused" in extra:
-        assert set(passes) == {"fused"} and "next guesses from group" in out
-        assert "unaccepted guesses and all 30 SATs dropped" in out
+    if "fused" in extra:  # one draft pass for the first drafts, then only fused passes
+        assert passes[0] == "draft" and set(passes[1:]) == {"fused"} and "next drafts from group" in out
+        assert "unaccepted drafts and all 30 SATs dropped" in out
     else:  # a draft pass, then its verify pass
         assert passes[::2] == ["draft"] * len(passes[::2]) and passes[1::2] == ["verify"] * len(passes[1::2])
         assert "| cache" in out and ": the SATs are dropped" in out
     if "--tree" in extra:
         assert "other nodes dropped" in out and "no branch holds the model's choice" in out
-    else:  # a rejected guess and those after it, never checked, look different
+    else:  # a rejected draft and those after it, never checked, look different
         assert re.search(r"'✗ '[^']*'·", out)
+    assert "guess" not in out  # one word for one idea: a draft
+
+
+def test_one_trace_line_per_forward_pass(tmp_path):
+    """The fused loop's first draft pass too. Every loop's records, in process: tests/test_decode.py."""
+    proc = run([os.path.join(REPO, "decode.py"), "--trace", "--prompt", "class Point:", "--method", "fused",
+                "--max-new-tokens", "12"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split("\n\n")[1].splitlines()
+    forwards = int(re.search(r"(\d+) decode forwards", proc.stderr).group(1))
+    assert len(lines) == forwards > 2
 
 
 def sigint_after(cmd: list[str], ready: str, tmp_path, stream: str = "stdout"):
@@ -250,7 +263,7 @@ def test_copies_caps_the_drafts_copied_per_pass(method, copies, tmp_path):
     proc = run([os.path.join(REPO, "decode.py"), "--method", method, "--copies", str(copies), "--trace",
                 "--max-new-tokens", "48"], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    counts = [int(m) for m in re.findall(r"\+ (\d+) cop(?:ied|y) guesses", proc.stdout)]
+    counts = [int(m) for m in re.findall(r"\+ (\d+) copied drafts?", proc.stdout)]
     assert counts and max(counts) == copies  # the demo's text repeats: the cap is reached, never passed
 
 
@@ -262,6 +275,31 @@ def test_prompt_file_is_read_as_utf8_and_a_binary_file_is_one_line(tmp_path):
     proc = run([os.path.join(REPO, "decode.py"), "--prompt-file", "b.bin"], tmp_path)
     assert proc.returncode == 1 and proc.stdout == "" and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "error: --prompt-file b.bin is not UTF-8 text (byte 0: invalid start byte)"
+
+
+def test_an_empty_prompt_starts_from_bos_whichever_way_it_comes(tmp_path):
+    import decode
+    (tmp_path / "empty.py").write_text("")
+    given = run([os.path.join(REPO, "decode.py"), "--prompt", "", "--max-new-tokens", "6"], tmp_path)
+    from_file = run([os.path.join(REPO, "decode.py"), "--prompt-file", "empty.py", "--max-new-tokens", "6"], tmp_path)
+    assert given.returncode == from_file.returncode == 0, given.stderr + from_file.stderr
+    assert given.stdout == from_file.stdout and not given.stdout.startswith(decode.DEFAULT_PROMPT)
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(REPO, "models", "smollm2-135m")),
+                    reason="models/smollm2-135m missing: run bash get_smollm2.sh")
+def test_an_empty_prompt_without_bos_is_one_line(tmp_path):
+    proc = run([os.path.join(REPO, "decode.py"), "--model", os.path.join(REPO, "models", "smollm2-135m-sat"),
+                "--prompt", ""], tmp_path)
+    assert proc.returncode == 1 and proc.stdout == "" and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("error: the prompt is empty and this model's tokenizer has no BOS token to "
+                                   "start from: give some text")
+
+
+def test_a_byte_order_mark_is_not_prompt_text(tmp_path):
+    import decode
+    (tmp_path / "bom.py").write_bytes("\ufeffdef größe(x):\r\n".encode("utf-8"))
+    assert decode.read_prompt_file(str(tmp_path / "bom.py")) == "def größe(x):\r\n"  # and line ends as they are
 
 
 @pytest.mark.parametrize("extra, warned", [(["--k", "12"], True), (["--k", "5"], False), (["--tree"], False)])

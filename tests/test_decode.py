@@ -152,9 +152,10 @@ def test_sdsat_greedy_full_acceptance_constant_model(k, device):
     events = []
     tokens, stats, cache = run(model, PROMPT, "sdsat", 50, k=k, trace=events.append)
     assert tokens == [5] * 50 == run(model, PROMPT, "ar", 50)[0]
-    assert events and all(e["accepted"] == k for e in events)  # every draft accepted
+    verified = [e for e in events if e["step"] == "verify"]
+    assert verified and all(e["accepted"] == k for e in verified)  # every draft accepted
     L = len(PROMPT)
-    for e in events:  # cur, x and k drafts stay: the cache grows by k + 2 per iteration
+    for e in verified:  # cur, x and k drafts stay: the cache grows by k + 2 per iteration
         assert e["cache_after"] == L + k + 2
         L = e["cache_after"]
 
@@ -202,8 +203,9 @@ def test_cache_length_after_every_accept_count(k, device):
         assert tokens == SCRIPT[6:66]
         assert set(stats.accepted) == {good}
         L = len(prompt)  # cache before the first iteration: the prompt (cur not cached)
-        for e in events:
-            # the verify pass left L + 1 + (1 + k) slots; truncation keeps L + 2 + n
+        for draft, e in zip(events[::2], events[1::2]):
+            # the draft pass leaves L + 1 (cur); the verify pass L + 1 + (1 + k), truncated to L + 2 + n
+            assert (draft["step"], draft["cache_before"], draft["cache_after"]) == ("draft", L + 1 + k, L + 1)
             assert e["cache_before"] == L + 2 + k and e["cache_after"] == L + 2 + good
             L = e["cache_after"]
 
@@ -260,15 +262,16 @@ def test_fused_cache_after_each_pass_equals_refeeding(device):
     k, emitted = 3, []
 
     def check(ev):
-        # after the pass: cache = prompt + every emitted token except the bonus (the new cur)
+        # after the pass: cache = prompt + the tokens emitted before it (they end with cur) + the accepted drafts
+        before = emitted[:len(emitted) - len(ev["emitted"])]
         ref = model.new_cache(256)
         with torch.no_grad():
-            model(torch.tensor([PROMPT + emitted + ev["drafts"][:ev["accepted"]]], device=device), cache=ref)
+            model(torch.tensor([PROMPT + before + ev["drafts"][:ev.get("accepted", 0)]], device=device), cache=ref)
         assert cache.length == ref.length
         for layer in range(model.args.num_hidden_layers):
             torch.testing.assert_close(cache.k[layer][:, :, :ref.length], ref.k[layer][:, :, :ref.length],
                                        atol=1e-5, rtol=1e-5)
-        checks.append(ev["accepted"])
+        checks.append(ev.get("accepted", 0))
 
     checks = []
     cache = model.new_cache(256)
@@ -306,6 +309,24 @@ def test_tree_greedy_equals_ar(device):
         tr, stats, _ = run(model, PROMPT, "tree", 60)
         assert tr == ar
         assert max(stats.accepted) >= 2  # a 10-token vocabulary: the tree does accept
+
+
+@pytest.mark.parametrize("method", ["sdsat", "tree", "fused", "lookup", "draft-tree"])
+def test_one_trace_record_per_forward_pass_and_emitted_is_the_output(method, device):
+    """The records that --trace and --html draw: one per forward pass (the fused loop's first
+    draft pass too), and `emitted` holds exactly what reached the output, also where the
+    budget ends a run inside an accepted block."""
+    model = tiny_model(vocab=10, seed=3, device=device)
+    prompt = REPEATING if method in ("lookup", "draft-tree") else PROMPT
+    cut_inside = 0
+    for max_new in range(1, 25):
+        events = []
+        tokens, stats, _ = run(model, prompt, method, max_new, k=4, trace=events.append)
+        assert len(events) == stats.forwards
+        assert [e["cur"] for e in events[:1]] == tokens[:1] * bool(events)  # the prefill's token comes first
+        assert sum((e["emitted"] for e in events), []) == tokens[1:]
+        cut_inside += any(len(e["emitted"]) < e.get("accepted", 0) + 1 for e in events)
+    assert cut_inside > 0 or method in ("lookup", "draft-tree")  # these copy no more than the budget has room for
 
 
 @pytest.mark.parametrize("method", ["sdsat", "tree", "fused", "lookup", "draft-tree"])

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = ["README.md", "SDSAT.md", "DEMO_MODEL.md", "BENCHMARKS.md"]
+DOCS = ["README.md", "SDSAT.md", "DEMO_MODEL.md", "BENCHMARKS.md", "LESSON.md"]
 
 
 def read(name: str) -> str:
@@ -74,3 +74,29 @@ def test_pages_speak_of_the_project_only(doc):
     for phrase in (r"\bissues?\b", r"\btargets?:? \d", r"\bsessions?\b"):
         found = re.search(phrase, text, re.I)
         assert not found, f"{doc}: {text[max(0, found.start() - 60):found.end() + 60]!r}"
+
+
+def test_the_readme_states_train_sats_default_mode():
+    """What `python train_sat.py` does without --mode, as its --help says it."""
+    text = subprocess.run([sys.executable, os.path.join(REPO, "train_sat.py"), "--help"], capture_output=True,
+                          text=True, cwd=REPO).stdout
+    default = re.search(r"--mode \{[^}]*\}\n.*?\(default: ([\w-]+)\)", text, re.S).group(1)
+    training = read("README.md").split("## Training SATs", 1)[1].split("\n## ", 1)[0]
+    assert f"`--mode {default}` (the default)" in training and "recommended" not in training
+
+
+def test_the_readme_says_which_smollm2_it_runs():
+    """The instruction-tuned model, from the 4-bit GGUF that get_smollm2.sh fetches, in float32."""
+    gguf = re.search(r"^GGUF_NAME=(\S+)$", read("get_smollm2.sh"), re.M).group(1)
+    section = read("README.md").split("## A real model", 1)[1].split("\n## ", 1)[0]
+    assert gguf == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    for words in ("SmolLM2-135M-Instruct", gguf, "4 bits", "float32"):
+        assert words in section, words
+
+
+@pytest.mark.parametrize("doc", ["README.md", "SDSAT.md", "LESSON.md"])
+def test_one_word_for_a_draft(doc):
+    """A token the model proposes ahead is a draft, in the docs as in the trace and the CLI
+    (tests/test_cli.py); "guess" once named the same thing."""
+    found = re.search(r"\bguess", read(doc), re.I)
+    assert not found, f"{doc}: {read(doc)[max(0, found.start() - 60):found.end() + 60]!r}"
