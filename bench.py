@@ -44,7 +44,7 @@ import torch
 from bench_latency import ar_loop_overhead, floors, forward_latency, latency_only, profile_sampling
 from bench_peers import load_peer, run_hf
 from bench_prompts import file_prompts, heldout_prompts, humaneval_prompts
-from bench_report import environment, environment_line, markdown, plot, plot_learning_curve
+from bench_report import environment, environment_line, markdown, plot, plot_cost_curve, plot_learning_curve
 from checkpoint import write_json, write_text
 from compiled import StaticModel
 from decode import (generate_ar, generate_sdsat, load_or_exit, load_tokenizer_or_exit, read_config_or_exit,
@@ -531,6 +531,7 @@ def main():
     write_json(os.path.join(a.out, "bench.json"), record)
     write_text(os.path.join(a.out, "bench.md"), environment_line(record["environment"]) + table + "\n")
     plot(results, os.path.join(a.out, "bench.png"))
+    plot_cost_curve(results, os.path.join(a.out, "cost_curve.png"))
     print(f"\nwrote {a.out}/bench.json and bench.md", file=sys.stderr)
 
 

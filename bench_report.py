@@ -39,7 +39,7 @@ def markdown(results: dict) -> str:
             lines += ["\nCompiling, once before timing and kept out of tok/s: " + ", ".join(
                 f"{name} {c['seconds']:.1f} s ({c['graphs']} new graph{'s' if c['graphs'] != 1 else ''})"
                 for name, c in res["compile"].items())]
-        lines += ["", latency_table(res, dtype, 128)]
+        lines += ["", latency_table(res, dtype, 128), break_even_table(res, dtype)]
         lines += [f"Autoregressive loop overhead outside the forward pass: {1e6 * res['ar_loop_overhead_s']:.0f} us/token "
                   f"({res['ar_loop_overhead_s'] / res['forward_latency_s'][1]:.1%} of a 1-token forward)"]
     return "\n".join(lines)
@@ -70,6 +70,65 @@ def plot(results: dict, path: str):
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    print(f"plot: {path}", file=sys.stderr)
+
+
+def break_even(res: dict) -> list[dict]:
+    """The cost curve that decides (per prompt set, greedy eager rows of a speculative
+    method): a method breaks even where its tokens per forward equal what a forward of
+    its width costs in 1-token forwards, T(fed) / T(1); its predicted speedup is tokens per
+    forward / that ratio, beside the speedup it measured. (The draft tree feeds its shape's
+    size at most, so its prediction is a lower bound.)"""
+    from decode_tree import pass_cost
+    lat = {int(T): t for T, t in res["forward_latency_s"].items()}
+    out = []
+    for set_name, rows in res["sets"].items():
+        for name, r in rows.items():
+            if name.startswith("_") or r["kind"] in ("ar", "hf") or r["temperature"] != 0 or r.get("compiled"):
+                continue
+            fed = r["tokens_fed_per_forward"]
+            ratio = pass_cost(lat, fed) / lat[1]
+            out.append({"set": set_name, "method": name, "fed": fed, "cost_ratio": ratio,
+                        "tokens_per_forward": r["tokens_per_forward"],
+                        "predicted": r["tokens_per_forward"] / ratio, "measured": r["speedup"]})
+    return out
+
+
+def break_even_table(res: dict, dtype: str) -> str:
+    rows = break_even(res)
+    lines = [f"\n**the cost curve that decides, {dtype}**: a method pays where its tokens per forward exceed "
+             "T(fed) / T(1)\n", "| prompts | method | tokens fed | T(fed) / T(1) = break-even tok/fwd | tok/fwd | "
+             "predicted speedup | measured |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['set']} | {r['method']} | {r['fed']} | {r['cost_ratio']:.2f} | {r['tokens_per_forward']:.2f} | "
+              f"{r['predicted']:.2f}x | {r['measured']:.2f}x |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot_cost_curve(results: dict, path: str):
+    """Per dtype: the measured cost of a forward against the tokens it feeds, in 1-token
+    forwards (the tokens per forward a method of that width needs to break even), and each
+    speculative method's measured tokens per forward at its width: above the curve it pays."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+    for ax, (dtype, res) in zip(axes[0], results.items()):
+        lat = sorted((int(T), t) for T, t in res["forward_latency_s"].items())
+        ax.plot([T for T, _ in lat], [t / lat[0][1] for _, t in lat], "k-", label="break-even: T(fed) / T(1)")
+        for set_name, marker in (("heldout", "o"), ("humaneval", "s")):
+            for r in (r for r in break_even(res) if r["set"] == set_name):
+                ax.plot(r["fed"], r["tokens_per_forward"], marker, label=f"{r['method']} ({set_name}) "
+                        f"{r['measured']:.2f}x")
+        ax.set(xscale="log", xlabel="tokens fed per forward", ylabel="tokens per forward (or cost in 1-token forwards)",
+               title=f"{dtype}: above the line a method pays")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     print(f"plot: {path}", file=sys.stderr)
 
 
