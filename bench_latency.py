@@ -41,17 +41,19 @@ def forward_latency(model: Llama, sizes: list[int], prefix: int = 128, reps: int
     cache.truncate(0)
     model(torch.ones(1, prefix, dtype=torch.long, device=dev), cache=cache)
     run = static or model
-    out = {}
-    for T in sizes:
-        x = torch.ones(1, T, dtype=torch.long, device=dev)
-        times = []
-        for _ in range(reps + 2):
-            cache.truncate(prefix)
-            t0 = now(dev)
-            run(x, cache=cache)
-            times.append(now(dev) - t0)
-        out[T] = statistics.median(times[2:])
-    return out
+    return {T: median_time(run, torch.ones(1, T, dtype=torch.long, device=dev), cache, prefix, reps) for T in sizes}
+
+
+def median_time(run, tokens: torch.Tensor, cache: KVCache, prefix: int, reps: int) -> float:
+    """Median seconds of run(tokens) on a cache truncated back to `prefix` tokens each
+    time, after two forwards not counted."""
+    times = []
+    for _ in range(reps + 2):
+        cache.truncate(prefix)
+        t0 = now(tokens.device)
+        run(tokens, cache=cache)
+        times.append(now(tokens.device) - t0)
+    return statistics.median(times[2:])
 
 
 @torch.inference_mode()
@@ -68,13 +70,7 @@ def draft_pass_cost(model: Llama, k: int = 5, prefix: int = 128, reps: int = 15)
     sats = torch.tensor([[1] + [sat] * k], device=dev)
 
     def timed(tokens):
-        times = []
-        for _ in range(reps + 2):
-            cache.truncate(prefix)
-            t0 = now(dev)
-            model(tokens, cache=cache)
-            times.append(now(dev) - t0)
-        return statistics.median(times[2:])
+        return median_time(model, tokens, cache, prefix, reps)
     out = {"real": timed(real), "sat_rows_only": timed(sats)}
     tail, model_module.sat_tail = model_module.sat_tail, lambda is_sat: None  # every row, then the mask
     try:

@@ -36,7 +36,7 @@ import torch
 
 from checkpoint import load_model, read_config
 from compiled import StaticModel
-from decode_common import Emitter, Stats, draft_pass, finish, prefill, split_draft, verify
+from decode_common import Emitter, Stats, draft_and_emit, finish, prefill, verify
 from decode_fused import generate_fused
 from decode_lookup import generate_lookup
 from decode_tree import (MAX_FED, TREE_DEPTH5, TREE_TABLE, build_tree, choose_shape, generate_sdsat_tree,
@@ -71,12 +71,7 @@ def generate_sdsat(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: 
     while True:
         L = cache.length
         # 1. Draft: [cur, S * k], then the SATs leave the cache. Output 0 is exact: x.
-        logits = draft_pass(model, cache, cur, sats, stats)  # [1 + k, V]
-        x, drafts, q = split_draft(warper, logits, generator)
-        done = out.emit([int(x)])
-        if trace:  # one record per forward pass (trace_view.py)
-            trace(dict(step="draft", cur=int(cur), sats=k, x=int(x), drafts=drafts.tolist(), emitted=out.last,
-                       cache_before=L + 1 + k, cache_after=L + 1))
+        x, drafts, q, done = draft_and_emit(model, cache, cur, sats, stats, warper, generator, out, trace)
         if done:
             break
         # 2. Verify: [x, d_1 .. d_k] gives the target distribution at every draft's slot.

@@ -91,6 +91,19 @@ def draft_pass(model: Llama, cache: KVCache, cur: torch.Tensor, sats: torch.Tens
     return logits
 
 
+def draft_and_emit(model: Llama, cache: KVCache, cur: torch.Tensor, sats: torch.Tensor, stats: Stats, warper: Warper,
+                   generator, out: "Emitter", trace=None):
+    """The two-step loop's first half: the draft pass, its exact token x emitted, and its
+    trace record. Returns (x, drafts [k], q [k, V] or None, whether the run is done)."""
+    L, k = cache.length, sats.shape[0]
+    x, drafts, q = split_draft(warper, draft_pass(model, cache, cur, sats, stats), generator)
+    done = out.emit([int(x)])
+    if trace:  # one record per forward pass (trace_view.py)
+        trace(dict(step="draft", cur=int(cur), sats=k, x=int(x), drafts=drafts.tolist(), emitted=out.last,
+                   cache_before=L + 1 + k, cache_after=L + 1))
+    return x, drafts, q, done
+
+
 def split_draft(warper: Warper, logits: torch.Tensor, generator=None):
     """Outputs [1 + k, V] of [cur, S * k] -> (x, drafts [k], q [k, V] or None).
 

@@ -4,7 +4,7 @@ the current drafts and drafts the next ones, for every possible number of accept
 
 import torch
 
-from decode_common import Emitter, Stats, draft_pass, finish, split_draft, verify
+from decode_common import Emitter, Stats, draft_and_emit, finish, verify
 from model import KVCache, Llama
 from sampling import Warper, sample
 from sat import sat_layout
@@ -56,13 +56,7 @@ def generate_fused(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: 
     if out.emit([int(cur)]):
         return out.tokens, finish(stats, out)
     # The first drafts: [cur, S * k] as in the two-step loop.
-    L = cache.length
-    logits = draft_pass(model, cache, cur, sats, stats)
-    x, drafts, q = split_draft(warper, logits, generator)
-    done = out.emit([int(x)])
-    if trace:  # one record per forward pass (trace_view.py)
-        trace(dict(step="draft", cur=int(cur), sats=k, x=int(x), drafts=drafts.tolist(), emitted=out.last,
-                   cache_before=L + 1 + k, cache_after=L + 1))
+    x, drafts, q, done = draft_and_emit(model, cache, cur, sats, stats, warper, generator, out, trace)
     if done:
         return out.tokens, finish(stats, out)
     cur = x
