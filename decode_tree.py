@@ -252,17 +252,18 @@ def tree_layout(nodes: list[Node], grouped: list[int], k: int, device=None):
     the nodes, then k SATs per grouped node (the SATs last: adapter.py changes those rows
     alone)."""
     N, T = len(nodes), len(nodes) + len(grouped) * k
-    offsets, mask = torch.zeros(T, dtype=torch.long), torch.zeros(T, T, dtype=torch.bool)
+    offsets, mask = [0] * T, [[False] * T for _ in range(T)]  # built on the host, sent once
     for i, n in enumerate(nodes):
         offsets[i], j = n.depth, i
         while j >= 0:  # itself and its ancestors
-            mask[i, j], j = True, nodes[j].parent
+            mask[i][j], j = True, nodes[j].parent
     for g, v in enumerate(grouped):
         for j in range(1, k + 1):
             row = N + g * k + j - 1
             offsets[row] = nodes[v].depth + j
-            mask[row, :N] = mask[v, :N]  # v's path
-            mask[row, N + g * k:row + 1] = True  # SATs 1..j of its own group
+            mask[row][:N] = mask[v][:N]  # v's path
+            mask[row][N + g * k:row + 1] = [True] * j  # SATs 1..j of its own group
+    offsets, mask = torch.tensor(offsets), torch.tensor(mask)
     return offsets.to(device), mask.to(device)
 
 
