@@ -63,7 +63,7 @@ from tokenizer import Tokenizer
 OUT = "runs/bench"  # git-ignored: committed results change only with an explicit --out
 
 
-# fused decoding's k = 3 as a draft-tree shape: a chain of SAT rank-0 guesses, a group at every node
+# fused decoding's k = 3 as a draft-tree shape: a chain of SAT rank-0 drafts, a group at every node
 FUSED_CHAIN = Shape(((0,), (0, 0), (0, 0, 0)), k=3, groups=4)
 
 

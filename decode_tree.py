@@ -168,7 +168,7 @@ def generate_sdsat_tree(model: Llama, cache: KVCache, logits: torch.Tensor, max_
 # token is a draw from the model's own distribution at its exact prefix, whoever proposed
 # the children, so greedy output equals AR and sampling keeps AR's distribution. The
 # accepted path's cache slots are compacted; the group at the last node (if it has one)
-# guessed the tokens after the bonus token, the next cur.
+# drafted the tokens after the bonus token, the next cur.
 
 
 @dataclass(frozen=True)
@@ -310,7 +310,7 @@ def generate_tree(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: i
         bonus = choice[end]
         done = out.emit([nodes[i].token for i in path[1:]] + [bonus])
         sat_top = None
-        if end in grouped:  # its SATs guessed the tokens after the bonus token: the next candidates
+        if end in grouped:  # its SATs drafted the tokens after the bonus token: the next candidates
             g = grouped.index(end)
             rows = logits[len(nodes) + g * shape.k:len(nodes) + (g + 1) * shape.k]  # [k, V]
             sat_top = rows.topk(n_ranks, dim=-1).indices.tolist()
