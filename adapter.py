@@ -75,6 +75,50 @@ class SATAdapter(nn.Module):
         self.layers = nn.ModuleList(
             nn.ModuleDict({name: LowRank(d_in, d_out, rank) for name, (d_in, d_out) in adapted_shapes(args).items()})
             for _ in range(args.num_hidden_layers))
+        self.stacked = []  # per block, the changes of model.STACKED's groups (stack_changes); not saved
+
+    def changes(self, i: int) -> dict:
+        """Block i's low-rank changes by layer name, and by group name once stacked."""
+        return {**self.layers[i], **self.stacked[i]} if self.stacked else self.layers[i]
+
+
+def stack_changes(adapter: SATAdapter, dtype: torch.dtype):
+    """For model.pack_weights, which stacks q, k and v into one product: the matching
+    change, of rank 3r, whose A stacks the three A and whose B is block-diagonal, so its
+    output is the three changes side by side (the same sums, the zero blocks adding exact
+    zeros; only their order may differ):
+
+        [B_q      ] [A_q]         [B_q A_q x]
+        [   B_k   ] [A_k] x   =   [B_k A_k x]
+        [      B_v] [A_v]         [B_v A_v x]
+
+    Every change is pre-packed (PackedLowRank). A plain list, not submodules: the adapter
+    saves and loads as it was."""
+    from model import STACKED
+    adapter.stacked = []
+    for layer in adapter.layers:
+        group, alone = {}, set(layer)
+        for name, parts in STACKED.items():
+            a = torch.cat([layer[p].a.detach() for p in parts]).to(dtype)
+            b = torch.block_diag(*[layer[p].b.detach() for p in parts]).to(dtype)
+            group[name], alone = PackedLowRank(a, b), alone - set(parts)
+        for name in alone:  # and the others packed as they are
+            group[name] = PackedLowRank(layer[name].a.detach().to(dtype), layer[name].b.detach().to(dtype))
+        adapter.stacked.append(group)
+
+
+class PackedLowRank(nn.Module):
+    """x -> B (A x) with A and B pre-packed (model.PackedLinear): a product of a few SAT rows
+    with a rank-r matrix costs 45-90 us through F.linear in bf16 here, a few dozen of
+    them a block, most of what SATs added to a pass."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor):
+        super().__init__()
+        from model import PackedLinear
+        self.a, self.b = PackedLinear(a), PackedLinear(b)
+
+    def forward(self, x):
+        return self.b(self.a(x))
 
 
 def new_adapter(model: Llama, rank: int, sat_id: int, sat_k: int | None = None, seed: int = 0,
@@ -97,6 +141,8 @@ def attach(model: Llama, adapter: SATAdapter, dtype: torch.dtype | None = None):
     base stays as it is. Training keeps the adapter in float32 on a bf16 base (autocast)."""
     model.adapter = adapter.to(model.device, dtype or model.dtype)
     model.args.sat_token_id, model.args.sat_k = adapter.sat_id, adapter.sat_k
+    if hasattr(model.layers[0].self_attn, "qkv"):  # packed before: the changes stack as its products do
+        stack_changes(adapter, model.dtype)
 
 
 def base_shape(args: ModelArgs) -> dict:

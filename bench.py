@@ -502,11 +502,12 @@ def main():
               f"{len(methods)} methods x {sum(map(len, encoded.values()))} prompts x {max_new} tokens", file=sys.stderr)
         sizes = sorted({1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64} | {tokens_fed(m) for m in methods} - {None})
         lat = forward_latency(model, sizes)
-        shape, rate = choose_shape(lat, table)  # the draft tree's shape, from this very curve
+        sat_lat = forward_latency(model, sizes, sats=table.get("k", 0)) if model.adapter and table else None
+        shape, rate = choose_shape(lat, table, sat_latency=sat_lat)  # the draft tree's shape, from these curves
         print(f"{dtype}: draft tree shape {shape.describe()} (expected {rate:.1f} tok/s)", file=sys.stderr)
         dtype_methods = [replace(m, shape=shape) if m.kind == "draft_tree" and m.shape is None else m for m in methods]
         hf = load_peer(a.model, device, DTYPES[dtype]) if a.peers else None
-        res = {"load_s": load_s, "forward_latency_s": lat, "floor": floors(model, sizes, 128),
+        res = {"load_s": load_s, "forward_latency_s": lat, "sat_latency_s": sat_lat, "floor": floors(model, sizes, 128),
                "ar_loop_overhead_s": ar_loop_overhead(model)}
         static = None
         if a.compile:  # one cache for every compiled run: its size is part of each graph's shape

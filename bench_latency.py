@@ -33,15 +33,24 @@ from sampling import Warper
 
 
 @torch.inference_mode()
-def forward_latency(model: Llama, sizes: list[int], prefix: int = 128, reps: int = 15, static=None) -> dict:
+def forward_latency(model: Llama, sizes: list[int], prefix: int = 128, reps: int = 15, static=None,
+                    sats: int = 0) -> dict:
     """Median time of one forward of T new tokens after a `prefix`-token cache; with
-    `static` (compiled.StaticModel) through its compiled graphs, compiling each width first."""
+    `static` (compiled.StaticModel) through its compiled graphs, compiling each width first.
+    sats > 0: the last min(sats, T - 1) tokens are SATs, so the adapter runs (what a pass
+    that drafts costs: the draft tree's groups, the chain's draft pass)."""
     dev = model.device
     cache = static.cache if static else model.new_cache(prefix + max(sizes))
     cache.truncate(0)
     model(torch.ones(1, prefix, dtype=torch.long, device=dev), cache=cache)
     run = static or model
-    return {T: median_time(run, torch.ones(1, T, dtype=torch.long, device=dev), cache, prefix, reps) for T in sizes}
+
+    def tokens(T):
+        ids = torch.ones(1, T, dtype=torch.long, device=dev)
+        if min(sats, T - 1) > 0:
+            ids[0, T - min(sats, T - 1):] = model.adapter.sat_id
+        return ids
+    return {T: median_time(run, tokens(T), cache, prefix, reps) for T in sizes}
 
 
 def median_time(run, tokens: torch.Tensor, cache: KVCache, prefix: int, reps: int) -> float:

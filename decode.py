@@ -379,8 +379,10 @@ def main():
     gen = torch.Generator(device=device).manual_seed(a.seed)
     if a.method == "tree" and shape is None:  # auto: this machine's cost curve, timed now, and the table
         from bench_latency import forward_latency
-        curve = forward_latency(model, [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64], max(1, min(len(prompt), 256)), 3)
-        shape, rate = choose_shape(curve, table)
+        sizes, prefix = [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64], max(1, min(len(prompt), 256))
+        curve = forward_latency(model, sizes, prefix, 3)
+        sat_curve = forward_latency(model, sizes, prefix, 3, sats=table.get("k", 0)) if model.adapter else None
+        shape, rate = choose_shape(curve, table, sat_latency=sat_curve)
         print(f"tree shape: {shape.describe()} (expected {rate:.1f} tok/s here)", file=sys.stderr)
     static = StaticModel(model, max_len) if a.compile else None
     cache = static.cache if a.compile else model.new_cache(max_len)

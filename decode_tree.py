@@ -399,10 +399,13 @@ def likeliest_paths(table: dict, k: int, n: int, max_rank: int = 4) -> tuple:
     return tuple(sorted(ranked, key=lambda p: (len(p), p)))
 
 
-def choose_shape(latency: dict, table: dict, max_k: int | None = None) -> tuple[Shape, float]:
+def choose_shape(latency: dict, table: dict, max_k: int | None = None,
+                 sat_latency: dict | None = None) -> tuple[Shape, float]:
     """The shape with the most expected tokens per second: expected_tokens / pass_cost(the
     tokens it feeds), over candidate_shapes. Returns (shape, expected tokens per second).
-    latency: {tokens fed: seconds} of this machine, dtype and model (bench_latency.py)."""
+    latency: {tokens fed: seconds} of this machine, dtype and model (bench_latency.py);
+    sat_latency: the same for passes that end with SATs (the adapter runs at their rows),
+    the cost of every shape with SAT groups. Without it those cost what plain passes do."""
     max_k = table.get("k", 0) if max_k is None else max_k
     best, best_rate = Shape(), 1 / pass_cost(latency, 1)
     for k, n, groups, copies, copy_len in candidate_shapes(max_k if table.get("sat_ranks") else 0):
@@ -410,7 +413,8 @@ def choose_shape(latency: dict, table: dict, max_k: int | None = None) -> tuple[
         if k and len(paths) < n:
             continue  # fewer paths were ever reached: a larger n is the same tree
         shape = Shape(paths, k, groups, copies, copy_len)
-        rate = expected_tokens(shape, table) / pass_cost(latency, shape.nominal_size)
+        curve = sat_latency if k and sat_latency else latency
+        rate = expected_tokens(shape, table) / pass_cost(curve, shape.nominal_size)
         if rate > best_rate:
             best, best_rate = shape, rate
     return best, best_rate

@@ -225,6 +225,23 @@ def apply_rope(x, cos, sin):
     return x * cos + rotated * sin
 
 
+# Linear layers of a block that read the same input, whose weights pack_weights stacks into
+# one matrix (attribute "qkv"), so a pass makes one product of them. (Stacking gate and up
+# too measured slower here: oneDNN's bf16 product of the 3072 x 576 matrix took longer than
+# its two halves. The SATs' pass gained most: one product of the three changes, not three.)
+STACKED = {"qkv": ("q_proj", "k_proj", "v_proj")}
+
+
+def linears(module: nn.Module, group: str, x: torch.Tensor, sat=None) -> list[torch.Tensor]:
+    """The outputs of the linear layers STACKED[group] of module for the same x: one
+    product of their stacked weights, split, where pack_weights stacked them; else one
+    product each. (With an adapter, its changes are stacked the same way: adapter.py.)"""
+    names = STACKED[group]
+    if not hasattr(module, group):
+        return [linear(module, name, x, sat) for name in names]
+    return linear(module, group, x, sat).split([getattr(module, name).weight.shape[0] for name in names], -1)
+
+
 def linear(module: nn.Module, name: str, x: torch.Tensor, sat=None) -> torch.Tensor:
     """module.<name>(x), a linear layer of a block; with sat = (the block's low-rank
     changes, the SAT rows), the SAT adapter's change is added at the SAT rows only
@@ -235,8 +252,9 @@ def linear(module: nn.Module, name: str, x: torch.Tensor, sat=None) -> torch.Ten
     if sat is None:
         return y
     changes, rows = sat
-    if isinstance(rows, int):
-        return torch.cat([y[:, :-rows], y[:, -rows:] + changes[name](x[:, -rows:])], 1)
+    if isinstance(rows, int):  # added in place: a fresh output, which backward does not read
+        y[:, -rows:] += changes[name](x[:, -rows:])
+        return y
     return torch.where(rows, y + changes[name](x), y)
 
 
@@ -247,9 +265,10 @@ class PackedLinear(nn.Module):
     was (the Hugging Face name and values: saving and loading see no difference); the
     packed copy is made once, by pack_weights. Inference only: it has no backward."""
 
-    def __init__(self, weight: nn.Parameter):
+    def __init__(self, weight: torch.Tensor):
         super().__init__()
-        self.weight = weight
+        if isinstance(weight, nn.Parameter):  # a layer's own weight keeps its name in the state dict;
+            self.weight = weight  # a stacked one (pack_weights) is only packed
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
 
     def forward(self, x):
@@ -264,20 +283,37 @@ def can_pack(model: "Llama") -> bool:
 
 
 def pack_weights(model: "Llama") -> "Llama":
-    """Swap every nn.Linear of the base (the blocks and the head) for a PackedLinear of the
-    same weight: the one step between loading and decoding on a CPU (decode.py and bench.py
-    take it unless --no-pack), after the model has its final device and dtype. Greedy
-    output is the unpacked model's token for token in float32 (tested); the products only
-    add up in another order. A SAT adapter stays as it is (it is not in model.layers)."""
+    """Pre-pack the base's linear layers (the blocks and the head) for oneDNN: the one step
+    between loading and decoding on a CPU (decode.py and bench.py take it unless
+    --no-pack), after the model has its final device and dtype.
+
+      * q, k and v read the same input: their weights are stacked into one PackedLinear,
+        self_attn.qkv, so a pass makes one product of them (Attention calls `linears`);
+        every other linear layer and the head become PackedLinears of their own weights;
+      * the nn.Linear layers stay where they are, unused, with their Hugging Face names and
+        values: saving and loading see no difference;
+      * a SAT adapter gets its changes stacked the same way (adapter.stack_changes).
+
+    Greedy output is the unpacked model's token for token in float32 (tested); the
+    products only add up in another order."""
     if not can_pack(model):
         return model
     for block in model.layers:
         for module in (block.self_attn, block.mlp):
+            stacked = set()
+            for group, names in STACKED.items():
+                if hasattr(module, names[0]) and all(type(getattr(module, n)) is nn.Linear for n in names):
+                    weight = torch.cat([getattr(module, n).weight.detach() for n in names])
+                    setattr(module, group, PackedLinear(weight))
+                    stacked.update(names)
             for name, child in list(module.named_children()):
-                if type(child) is nn.Linear:
+                if type(child) is nn.Linear and name not in stacked:
                     setattr(module, name, PackedLinear(child.weight))
     if type(model.lm_head) is nn.Linear:
         model.lm_head = PackedLinear(model.lm_head.weight)
+    if model.adapter is not None:
+        from adapter import stack_changes
+        stack_changes(model.adapter, model.dtype)
     return model
 
 
@@ -292,9 +328,10 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, slots=None, prefix: int = 0, sat=None):
         B, T, _ = x.shape
-        q = linear(self, "q_proj", x, sat).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # [B, H, T, hd]
-        k = linear(self, "k_proj", x, sat).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # [B, Hkv, T, hd]
-        v = linear(self, "v_proj", x, sat).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q, k, v = linears(self, "qkv", x, sat)
+        q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)  # [B, H, T, hd]
+        k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # [B, Hkv, T, hd]
+        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.write(layer, k, v, slots)  # [B, Hkv, L + T or max_len, hd]
@@ -423,7 +460,7 @@ class Llama(nn.Module):
             rows = is_sat if rows is None else rows  # a mask where SATs are not one tail
         cos, sin = rope_cos_sin(positions, self.args.head_dim, self.args.rope_theta, x.dtype)
         for i, layer in enumerate(self.layers):
-            sat = (self.adapter.layers[i], rows) if adapt else None
+            sat = (self.adapter.changes(i), rows) if adapt else None
             if self.grad_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, cache, i, slots, causal_prefix, sat,
                                                       use_reentrant=False)

@@ -146,6 +146,19 @@ def test_a_flatter_curve_picks_a_larger_tree():
     assert big.nominal_size > small.nominal_size
 
 
+def test_what_the_adapter_adds_to_a_pass_is_part_of_the_choice():
+    """A flat curve picks SATs (above); where a pass with SATs costs twice a plain one, the
+    same table picks copies alone, and the rate is the copies' own, by hand: 1 + 0.5 + 0.35
+    tokens (two copies of 2) per pass of 1 + 2 x 2 tokens (1.0125: a quarter of the way
+    from 4 tokens' 1.0 to 8 tokens' 1.05)."""
+    flat = {1: 1.0, 2: 1.0, 4: 1.0, 8: 1.05, 16: 1.5, 32: 3.0}
+    with_sats = {t: 2 * c for t, c in flat.items()}
+    shape, rate = choose_shape(flat, TABLE, sat_latency=with_sats)
+    assert shape.k == 0 and not shape.sat_paths and shape.copies == 2 and shape.copy_len == 2
+    assert rate == pytest.approx((1 + 0.5 + 0.35) / 1.0125)
+    assert choose_shape(flat, TABLE, sat_latency=flat) == choose_shape(flat, TABLE)
+
+
 def test_likeliest_paths_are_closed_under_prefixes_and_the_spec_parses():
     assert likeliest_paths(TABLE, 2, 3) == ((0,), (1,), (0, 0))  # 50 and 20 anchors, then 30
     assert parse_shape("k=2,nodes=3,groups=2,copies=1", TABLE) == Shape(((0,), (1,), (0, 0)), 2, 2, 1, 10)

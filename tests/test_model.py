@@ -403,13 +403,15 @@ def test_from_config_missing_key_message():
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this torch build")
 @pytest.mark.parametrize("method", ["ar", "sdsat", "fused"])
 def test_packed_weights_decode_the_unpacked_text(method):
-    """pack_weights swaps every linear layer of the base for oneDNN's pre-packed product: the
-    same weights (the state dict is unchanged), logits to float32 rounding, and greedy text
-    token for token, for AR and for speculative decoding of the packed model alike."""
+    """pack_weights makes every product of the base oneDNN's pre-packed one, q k v stacked
+    (5 per block, and the head): the same weights (the state dict is unchanged),
+    logits to float32 rounding, and greedy text token for token, for AR and for
+    speculative decoding of the packed model alike."""
     from test_decode import PROMPT, run, tiny_model
     plain, packed = tiny_model(seed=3), model.pack_weights(tiny_model(seed=3))
-    n_linear = 7 * plain.args.num_hidden_layers + 1
+    n_linear = 5 * plain.args.num_hidden_layers + 1
     assert sum(isinstance(m, model.PackedLinear) for m in packed.modules()) == n_linear
+    assert all(hasattr(b.self_attn, "qkv") for b in packed.layers)
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), packed.state_dict().values()))
     tokens = torch.tensor([PROMPT + [4, 9, 8]])
     with torch.no_grad():
