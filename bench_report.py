@@ -78,16 +78,21 @@ def break_even(res: dict) -> list[dict]:
     method): a method breaks even where its tokens per forward equal what a forward of
     its width costs in 1-token forwards, T(fed) / T(1); its predicted speedup is tokens per
     forward / that ratio, beside the speedup it measured. (The draft tree feeds its shape's
-    size at most, so its prediction is a lower bound.)"""
+    size at most, so its prediction is a lower bound.) Where every pass carries SATs
+    (fused, a draft tree with SAT groups) and the run timed such passes (sat_latency_s),
+    T(fed) is theirs: the adapter's changes are part of the cost. The two-pass loops
+    (sdsat, its token tree) are costed as plain passes, which flatters them."""
     from decode_tree import pass_cost
     lat = {int(T): t for T, t in res["forward_latency_s"].items()}
+    sat_lat = {int(T): t for T, t in (res.get("sat_latency_s") or {}).items()}
     out = []
     for set_name, rows in res["sets"].items():
         for name, r in rows.items():
             if name.startswith("_") or r["kind"] in ("ar", "hf") or r["temperature"] != 0 or r.get("compiled"):
                 continue
             fed = r["tokens_fed_per_forward"]
-            ratio = pass_cost(lat, fed) / lat[1]
+            every_pass_sats = r["kind"] == "fused" or (r["kind"] == "draft_tree" and "no SATs" not in (r.get("shape") or ""))
+            ratio = pass_cost(sat_lat if every_pass_sats and sat_lat else lat, fed) / lat[1]
             out.append({"set": set_name, "method": name, "fed": fed, "cost_ratio": ratio,
                         "tokens_per_forward": r["tokens_per_forward"],
                         "predicted": r["tokens_per_forward"] / ratio, "measured": r["speedup"]})
