@@ -41,7 +41,7 @@ if __name__ == "__main__":  # Ctrl-C while torch is still loading: exit quietly,
 
 import torch
 
-from bench_latency import ar_loop_overhead, floors, forward_latency, latency_only, profile_sampling
+from bench_latency import ar_loop_overhead, floors, forward_latency, latency_only, profile_sampling, tree_shape_here
 from bench_peers import load_peer, run_hf
 from bench_prompts import file_prompts, heldout_prompts, humaneval_prompts
 from bench_report import environment, environment_line, markdown, plot, plot_cost_curve, plot_learning_curve
@@ -52,7 +52,7 @@ from decode import (generate_ar, generate_sdsat, load_or_exit, load_tokenizer_or
 from decode_common import Stats, prefill
 from decode_fused import generate_fused
 from decode_lookup import generate_lookup, lookup_matches
-from decode_tree import (MAX_FED, TREE_DEPTH5, TREE_TABLE, Shape, build_tree, choose_shape, generate_sdsat_tree,
+from decode_tree import (MAX_FED, TREE_DEPTH5, TREE_TABLE, Shape, build_tree, generate_sdsat_tree,
                          generate_tree, read_tree_table)
 from machine import now, pick_device, slow_bf16_warning
 from model import DEFAULT_MODEL, DTYPES, Llama
@@ -501,9 +501,7 @@ def main():
         print(f"{dtype}: loaded in {load_s:.1f}s (peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB); "
               f"{len(methods)} methods x {sum(map(len, encoded.values()))} prompts x {max_new} tokens", file=sys.stderr)
         sizes = sorted({1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64} | {tokens_fed(m) for m in methods} - {None})
-        lat = forward_latency(model, sizes)
-        sat_lat = forward_latency(model, sizes, sats=table.get("k", 0)) if model.adapter and table else None
-        shape, rate = choose_shape(lat, table, sat_latency=sat_lat)  # the draft tree's shape, from these curves
+        shape, rate, lat, sat_lat = tree_shape_here(model, table, sizes)  # the draft tree's shape, from this run's curves
         print(f"{dtype}: draft tree shape {shape.describe()} (expected {rate:.1f} tok/s)", file=sys.stderr)
         dtype_methods = [replace(m, shape=shape) if m.kind == "draft_tree" and m.shape is None else m for m in methods]
         hf = load_peer(a.model, device, DTYPES[dtype]) if a.peers else None

@@ -53,6 +53,17 @@ def forward_latency(model: Llama, sizes: list[int], prefix: int = 128, reps: int
     return {T: median_time(run, tokens(T), cache, prefix, reps) for T in sizes}
 
 
+def tree_shape_here(model: Llama, table: dict, sizes: list[int], prefix: int = 128, reps: int = 15):
+    """The draft tree's shape for this machine, dtype and model (decode_tree.choose_shape):
+    from the forward's curve and, with an adapter, the curve of passes that end with SATs,
+    both timed now. Returns (shape, expected tok/s, curve, SAT curve or None)."""
+    from decode_tree import choose_shape
+    curve = forward_latency(model, sizes, prefix, reps)
+    sat_curve = forward_latency(model, sizes, prefix, reps, sats=table.get("k", 0)) if model.adapter and table else None
+    shape, rate = choose_shape(curve, table, sat_latency=sat_curve)
+    return shape, rate, curve, sat_curve
+
+
 def median_time(run, tokens: torch.Tensor, cache: KVCache, prefix: int, reps: int) -> float:
     """Median seconds of run(tokens) on a cache truncated back to `prefix` tokens each
     time, after two forwards not counted."""

@@ -141,8 +141,8 @@ def main(argv=None):
     from bench_report import environment
     from checkpoint import write_json, write_text
     from decode import load_or_exit, load_tokenizer_or_exit, read_config_or_exit, resolve_sat_id
-    from bench_latency import forward_latency
-    from decode_tree import TREE_DEPTH5, TREE_TABLE, build_tree, choose_shape, read_tree_table
+    from bench_latency import tree_shape_here
+    from decode_tree import TREE_DEPTH5, TREE_TABLE, build_tree, read_tree_table
     from model import DTYPES
 
     known = {m.name: m for m in bench.methods_for(list(range(1, 9)), list(range(1, 7)), sampling=False)}
@@ -164,7 +164,7 @@ def main(argv=None):
     stop = model.args.stop_ids
     table = read_tree_table(os.path.join(a.model, TREE_TABLE), False)
     if any(m.kind == "draft_tree" and m.shape is None for m in methods):  # its shape, from this machine's curve
-        shape, _ = choose_shape(forward_latency(model, [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64], depth), table)
+        shape = tree_shape_here(model, table, [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64], depth, 3)[0]
         known = {n: bench.replace(m, shape=shape) if m.kind == "draft_tree" and m.shape is None else m
                  for n, m in known.items()}
         methods = [known[m.name] for m in methods]

@@ -39,7 +39,7 @@ from compiled import StaticModel
 from decode_common import Emitter, Stats, draft_and_emit, finish, prefill, verify
 from decode_fused import generate_fused
 from decode_lookup import generate_lookup
-from decode_tree import (MAX_FED, TREE_DEPTH5, TREE_TABLE, build_tree, choose_shape, generate_sdsat_tree,
+from decode_tree import (MAX_FED, TREE_DEPTH5, TREE_TABLE, build_tree, generate_sdsat_tree,
                          generate_tree, parse_shape, read_tree_table)
 from machine import pick_device, slow_bf16_warning
 from model import DEFAULT_MODEL, DTYPES, CheckpointError, KVCache, Llama, ModelArgs, pack_weights
@@ -378,11 +378,9 @@ def main():
     model = load_or_exit(a.model, device, DTYPES[a.dtype], pack=not (a.no_pack or a.compile), quantize=a.quantize)
     gen = torch.Generator(device=device).manual_seed(a.seed)
     if a.method == "tree" and shape is None:  # auto: this machine's cost curve, timed now, and the table
-        from bench_latency import forward_latency
-        sizes, prefix = [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64], max(1, min(len(prompt), 256))
-        curve = forward_latency(model, sizes, prefix, 3)
-        sat_curve = forward_latency(model, sizes, prefix, 3, sats=table.get("k", 0)) if model.adapter else None
-        shape, rate = choose_shape(curve, table, sat_latency=sat_curve)
+        from bench_latency import tree_shape_here
+        sizes = [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64]
+        shape, rate, _, _ = tree_shape_here(model, table, sizes, max(1, min(len(prompt), 256)), 3)
         print(f"tree shape: {shape.describe()} (expected {rate:.1f} tok/s here)", file=sys.stderr)
     static = StaticModel(model, max_len) if a.compile else None
     cache = static.cache if a.compile else model.new_cache(max_len)
