@@ -83,7 +83,7 @@ class SATAdapter(nn.Module):
 
 
 def stack_changes(adapter: SATAdapter, dtype: torch.dtype):
-    """For model.pack_weights, which stacks q, k and v into one product: the matching
+    """For packing.pack_weights, which stacks q, k and v into one product: the matching
     change, of rank 3r, whose A stacks the three A and whose B is block-diagonal, so its
     output is the three changes side by side (the same sums, the zero blocks adding exact
     zeros; only their order may differ):
@@ -108,13 +108,13 @@ def stack_changes(adapter: SATAdapter, dtype: torch.dtype):
 
 
 class PackedLowRank(nn.Module):
-    """x -> B (A x) with A and B pre-packed (model.PackedLinear): a product of a few SAT rows
+    """x -> B (A x) with A and B pre-packed (packing.PackedLinear): a product of a few SAT rows
     with a rank-r matrix costs 45-90 us through F.linear in bf16 here, a few dozen of
     them a block, most of what SATs added to a pass."""
 
     def __init__(self, a: torch.Tensor, b: torch.Tensor):
         super().__init__()
-        from model import PackedLinear
+        from packing import PackedLinear
         self.a, self.b = PackedLinear(a), PackedLinear(b)
 
     def forward(self, x):

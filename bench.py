@@ -378,7 +378,7 @@ def main():
                    help="lookup rows, one per number of copied drafts (default: 10, as transformers')")
     p.add_argument("--no-pack", action="store_true",
                    help="keep the weights as loaded: on a CPU they are otherwise pre-packed for oneDNN's matrix "
-                        "products (model.pack_weights), except with --compile")
+                        "products (packing.pack_weights), except with --compile")
     p.add_argument("--quantize", choices=["int8"], default=None,
                    help="int8: weight-only int8 with per-channel scales (quantize.py), at load; with "
                         "--latency-only an int8 curve beside the bf16/fp32 ones (default: none)")

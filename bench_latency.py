@@ -27,7 +27,8 @@ from bench_report import environment, environment_line, latency_markdown
 from checkpoint import write_json, write_text
 from decode import generate_ar, load_or_exit
 from machine import gemm_peak, memory_bandwidth, now, slow_bf16_warning
-from model import DTYPES, KVCache, Llama, can_pack, pack_weights
+from model import DTYPES, KVCache, Llama
+from packing import can_pack, pack_weights
 from quantize import quantize_int8
 from sampling import Warper
 

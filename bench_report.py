@@ -170,7 +170,7 @@ def environment_line(env: dict) -> str:
 
 def latency_table(res: dict, dtype: str, prefix: int, parameters: int | None = None) -> str:
     """Forward latency against tokens fed (the weights pre-packed where they can be:
-    model.pack_weights), each as a multiple of the 1-token forward and of its floor
+    packing.pack_weights), each as a multiple of the 1-token forward and of its floor
     (bench_latency.py); beside it, where timed: the weights as loaded, compiled, int8."""
     lat = {int(T): t for T, t in res["forward_latency_s"].items()}  # JSON keys are strings
     extra = {name: {int(T): t for T, t in res[key].items()} for name, key in

@@ -42,7 +42,8 @@ from decode_lookup import generate_lookup
 from decode_tree import (MAX_FED, TREE_DEPTH5, TREE_TABLE, build_tree, generate_sdsat_tree,
                          generate_tree, parse_shape, read_tree_table)
 from machine import pick_device, slow_bf16_warning
-from model import DEFAULT_MODEL, DTYPES, CheckpointError, KVCache, Llama, ModelArgs, pack_weights
+from model import DEFAULT_MODEL, DTYPES, CheckpointError, KVCache, Llama, ModelArgs
+from packing import pack_weights
 from quantize import quantize_int8
 from sampling import Warper
 from trace_html import check_path, command_line, page_data, write_page
@@ -281,7 +282,7 @@ def main():
                         "of each block width compiles, which takes a while")
     p.add_argument("--no-pack", action="store_true",
                    help="keep the weights as loaded: on a CPU they are otherwise pre-packed for oneDNN's matrix "
-                        "products (model.pack_weights; the same text, faster; not with --compile)")
+                        "products (packing.pack_weights; the same text, faster; not with --compile)")
     p.add_argument("--quantize", choices=["int8"], default=None,
                    help="int8: weight-only int8 with per-channel scales (quantize.py), at load (default: none)")
     a = p.parse_args()

@@ -7,9 +7,9 @@ import sys
 import sysconfig
 
 # One thread, for the tests and the commands they start (which inherit it): their models are
-# tiny, and a second thread on this 2-core machine cost more than it gave (the whole suite
-# took 10 minutes on two threads, 6.5 on one with the other core busy). Set
-# OMP_NUM_THREADS yourself to try more.
+# tiny. The suite takes 6 minutes so on the Intel Xeon of the README (10 minutes on two
+# threads on the machine before it; not compared on one machine). Set OMP_NUM_THREADS
+# yourself to try more.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402  (after the thread count, which torch reads when it loads)

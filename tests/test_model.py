@@ -17,6 +17,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import model
+import packing
 from checkpoint import load_model
 from model import CheckpointError, KVCache, ModelArgs, causal_mask
 
@@ -408,9 +409,9 @@ def test_packed_weights_decode_the_unpacked_text(method):
     logits to float32 rounding, and greedy text token for token, for AR and for
     speculative decoding of the packed model alike."""
     from test_decode import PROMPT, run, tiny_model
-    plain, packed = tiny_model(seed=3), model.pack_weights(tiny_model(seed=3))
+    plain, packed = tiny_model(seed=3), packing.pack_weights(tiny_model(seed=3))
     n_linear = 5 * plain.args.num_hidden_layers + 1
-    assert sum(isinstance(m, model.PackedLinear) for m in packed.modules()) == n_linear
+    assert sum(isinstance(m, packing.PackedLinear) for m in packed.modules()) == n_linear
     assert all(hasattr(b.self_attn, "qkv") for b in packed.layers)
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), packed.state_dict().values()))
     tokens = torch.tensor([PROMPT + [4, 9, 8]])

@@ -20,7 +20,8 @@ from decode import generate_ar, generate_sdsat
 from decode_common import prefill
 from decode_fused import generate_fused
 from decode_tree import TREE_DEPTH5, Shape, build_tree, generate_sdsat_tree, generate_tree
-from model import MODELS_DIR, pack_weights
+from model import MODELS_DIR
+from packing import pack_weights
 from sampling import Warper
 from tokenizer import Tokenizer
 
@@ -119,7 +120,7 @@ def test_greedy_decoding_with_the_adapter_equals_the_bases_ar(method, models):
 
 @pytest.mark.parametrize("method", ["sdsat", "draft-tree"])
 def test_packed_weights_decode_what_the_unpacked_base_does(method, models):
-    """Pre-packed weights (model.pack_weights), float32: the packed base's AR equals the
+    """Pre-packed weights (packing.pack_weights), float32: the packed base's AR equals the
     unpacked base's, and the packed SAT model's speculative text equals both."""
     base, model = models
     packed_base, packed = pack_weights(load_model(BASE)), pack_weights(load_model(SAT))
