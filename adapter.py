@@ -121,6 +121,24 @@ class PackedLowRank(nn.Module):
         return self.b(self.a(x))
 
 
+def grow_rank(adapter: SATAdapter, rank: int, seed: int = 0):
+    """Give every low-rank change `rank` instead of adapter.rank, changing no output: the
+    new rows of A start random (as a new adapter's do) and the new columns of B at zero,
+    so B A x is the same sum plus exact zeros. Training then has room the old rank lacked,
+    from where the smaller adapter stopped. In place; the adapter must not be stacked."""
+    if rank < adapter.rank:
+        raise ValueError(f"an adapter of rank {adapter.rank} cannot grow to rank {rank}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for layer in adapter.layers:
+            for change in layer.values():
+                a, b = change.a.detach(), change.b.detach()
+                new = LowRank(a.shape[1], b.shape[0], rank - adapter.rank).to(a.device, a.dtype)
+                change.a = nn.Parameter(torch.cat([a, new.a.detach()]))
+                change.b = nn.Parameter(torch.cat([b, new.b.detach()], dim=1))
+    adapter.rank = rank
+
+
 def new_adapter(model: Llama, rank: int, sat_id: int, sat_k: int | None = None, seed: int = 0,
                 dtype: torch.dtype | None = None) -> SATAdapter:
     """A fresh adapter on `model` (attached): the SAT embedding starts as the base's row of

@@ -49,7 +49,7 @@ if __name__ == "__main__":  # Ctrl-C while torch is still loading: exit quietly,
 import torch
 import torch.distributed as dist
 
-from adapter import new_adapter
+from adapter import grow_rank, new_adapter
 from checkpoint import load_adapter, load_model, save_adapter, save_model, write_json
 from model import BASE_MODEL, CheckpointError, Llama, ModelArgs, init_weights
 from sat import adapter_loss, choose_anchors, describe, evaluate, evaluate_adapter, lm_loss, sat_loss
@@ -282,9 +282,10 @@ def adapter_mode(cfg: TrainConfig, data: TokenData, device, rank: int, world: in
     model.requires_grad_(False)
     if cfg.init_adapter:
         adapter = load_adapter(model, cfg.init_adapter, cfg.init, torch.float32)
-        if (adapter.rank, adapter.sat_id) != (cfg.rank, sat_id):
+        if adapter.sat_id != sat_id or adapter.rank > cfg.rank:
             raise SystemExit(f"error: --init-adapter {cfg.init_adapter} has rank {adapter.rank} and SAT id "
-                             f"{adapter.sat_id}, not --rank {cfg.rank} and SAT id {sat_id}")
+                             f"{adapter.sat_id}, not --rank {cfg.rank} (or less) and SAT id {sat_id}")
+        grow_rank(adapter, cfg.rank, seed=cfg.seed)  # a larger --rank starts from the same outputs
         adapter.sat_k = cfg.k
     else:
         adapter = new_adapter(model, cfg.rank, sat_id, cfg.k, seed=cfg.seed, dtype=torch.float32)

@@ -16,7 +16,7 @@ import torch
 
 import sat
 import train_sat
-from adapter import new_adapter
+from adapter import grow_rank, new_adapter
 from checkpoint import load_model, save_adapter, save_model
 from model import CheckpointError, Llama
 from test_decode import run, tiny_model
@@ -152,6 +152,21 @@ def test_adapter_training_learns_and_exports(tmp_path, bf16):
     report = json.loads((tmp_path / "adapter2" / "training.json").read_text())
     assert [p["config"]["init_adapter"] for p in report["phases"]] == [None, str(tmp_path / "adapter")]
     assert [p["step"] for p in report["phases"]] == [30, 2]
+
+
+@pytest.mark.quick
+def test_growing_the_rank_changes_no_output_and_adds_room():
+    model = with_adapter(tiny_model())
+    sat_id = model.args.sat_token_id
+    tokens = torch.tensor([PROMPT + [4, sat_id, sat_id, sat_id]])
+    before = model(tokens)
+    grow_rank(model.adapter, 7, seed=3)
+    change = model.adapter.layers[0]["q_proj"]
+    assert model.adapter.rank == 7 and change.a.shape[0] == 7 and change.b.shape[1] == 7
+    assert torch.count_nonzero(change.b[:, 4:]) == 0 and torch.count_nonzero(change.a[4:]) > 0
+    torch.testing.assert_close(model(tokens), before, rtol=0, atol=1e-6)  # extra zeros in each sum
+    with pytest.raises(ValueError, match="rank 7 cannot grow to rank 5"):
+        grow_rank(model.adapter, 5)
 
 
 def test_save_load_round_trip_and_wrong_base(tmp_path):
