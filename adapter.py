@@ -82,7 +82,7 @@ class SATAdapter(nn.Module):
         return {**self.layers[i], **self.stacked[i]} if self.stacked else self.layers[i]
 
 
-def stack_changes(adapter: SATAdapter, dtype: torch.dtype):
+def stack_changes(adapter: SATAdapter):
     """For packing.pack_weights, which stacks q, k and v into one product: the matching
     change, of rank 3r, whose A stacks the three A and whose B is block-diagonal, so its
     output is the three changes side by side (the same sums, the zero blocks adding exact
@@ -92,33 +92,36 @@ def stack_changes(adapter: SATAdapter, dtype: torch.dtype):
         [   B_k   ] [A_k] x   =   [B_k A_k x]
         [      B_v] [A_v]         [B_v A_v x]
 
-    Every change is pre-packed (PackedLowRank). A plain list, not submodules: the adapter
-    saves and loads as it was."""
+    Every change becomes a FrozenLowRank. A plain list, not submodules: the adapter saves
+    and loads as it was."""
     from model import STACKED
     adapter.stacked = []
     for layer in adapter.layers:
         group, alone = {}, set(layer)
         for name, parts in STACKED.items():
-            a = torch.cat([layer[p].a.detach() for p in parts]).to(dtype)
-            b = torch.block_diag(*[layer[p].b.detach() for p in parts]).to(dtype)
-            group[name], alone = PackedLowRank(a, b), alone - set(parts)
-        for name in alone:  # and the others packed as they are
-            group[name] = PackedLowRank(layer[name].a.detach().to(dtype), layer[name].b.detach().to(dtype))
+            a = torch.cat([layer[p].a.detach() for p in parts])
+            b = torch.block_diag(*[layer[p].b.detach() for p in parts])
+            group[name], alone = FrozenLowRank(a, b), alone - set(parts)
+        for name in alone:  # and the others as they are
+            group[name] = FrozenLowRank(layer[name].a.detach(), layer[name].b.detach())
         adapter.stacked.append(group)
 
 
-class PackedLowRank(nn.Module):
-    """x -> B (A x) with A and B pre-packed (packing.PackedLinear): a product of a few SAT rows
-    with a rank-r matrix costs 45-90 us through F.linear in bf16 here, a few dozen of
-    them a block, most of what SATs added to a pass."""
+class FrozenLowRank(nn.Module):
+    """x -> B (A x) for decoding: A and B kept transposed, in float32, and multiplied with
+    torch.mm. A pass feeds a few SAT rows, so each product is tiny and costs what its
+    call costs: about 6 us this way on this CPU, against 20 us through oneDNN's pre-packed
+    bf16 product and 40 us through F.linear in bf16. 30 blocks x 5 changes x 2 products
+    a pass made that most of what SATs added to it. Returns float32: linear() adds it in
+    place to the layer's output, in that output's dtype."""
 
     def __init__(self, a: torch.Tensor, b: torch.Tensor):
         super().__init__()
-        from packing import PackedLinear
-        self.a, self.b = PackedLinear(a), PackedLinear(b)
+        self.a_t, self.b_t = a.float().t().contiguous(), b.float().t().contiguous()  # [in, r], [r, out]
 
     def forward(self, x):
-        return self.b(self.a(x))
+        rows = x.reshape(-1, x.shape[-1]).float()
+        return (rows @ self.a_t @ self.b_t).view(*x.shape[:-1], -1)
 
 
 def grow_rank(adapter: SATAdapter, rank: int, seed: int = 0):
@@ -160,7 +163,7 @@ def attach(model: Llama, adapter: SATAdapter, dtype: torch.dtype | None = None):
     model.adapter = adapter.to(model.device, dtype or model.dtype)
     model.args.sat_token_id, model.args.sat_k = adapter.sat_id, adapter.sat_k
     if hasattr(model.layers[0].self_attn, "qkv"):  # packed before: the changes stack as its products do
-        stack_changes(adapter, model.dtype)
+        stack_changes(adapter)
 
 
 def base_shape(args: ModelArgs) -> dict:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-SHORT_BLOCK = 64  # bf16 attention of at most this many new queries runs in float32 (Attention.attend)
+SHORT_BLOCK = 64  # attention of at most this many new queries over a cache: attend_few
 
 # The demo models this repository ships: the SAT-tuned one once it exists, else the base.
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
@@ -255,7 +255,7 @@ def linear(module: nn.Module, name: str, x: torch.Tensor, sat=None) -> torch.Ten
     if isinstance(rows, int):  # added in place: a fresh output, which backward does not read
         y[:, -rows:] += changes[name](x[:, -rows:])
         return y
-    return torch.where(rows, y + changes[name](x), y)
+    return torch.where(rows, y + changes[name](x).to(y.dtype), y)
 
 
 class Attention(nn.Module):
@@ -285,19 +285,40 @@ class Attention(nn.Module):
 
     def attend(self, q, k, v, mask):
         """mask: None (every query sees every key), "causal" (the plain triangle), or a tensor.
+        A few queries over a cache (decoding: one token, or a speculative block) take
+        attend_few; a prompt or a training window takes SDPA."""
+        if not isinstance(mask, str) and q.shape[2] <= SHORT_BLOCK:
+            return attend_few(q, k, v, mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=None if isinstance(mask, str) else mask,
+                                              is_causal=isinstance(mask, str), enable_gqa=self.n_kv != self.n_heads)
 
-        A few bf16 queries over a cache (decoding: one token, or a speculative block) are
-        attended in float32: SDPA's CPU kernel takes a slow path for them in bf16 (0.3 ms a
-        layer for one query over 250 keys here, 0.09 ms in float32, conversions included;
-        60 ms against 10 ms for a batch of 64). The products are tiny; the weights' matrix
-        products, not these, are what bf16 speeds up."""
-        causal, dtype = isinstance(mask, str), q.dtype
-        if not causal and q.shape[2] <= SHORT_BLOCK and dtype != torch.float32:
-            q, k, v = q.float(), k.float(), v.float()
-            mask = mask.float() if mask is not None and mask.dtype != torch.bool else mask
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask,
-                                             is_causal=causal, enable_gqa=self.n_kv != self.n_heads)
-        return out.to(dtype)
+
+def attend_few(q, k, v, mask):
+    """Attention of a few queries [B, H, T, hd] over keys and values [B, Hkv, N, hd]: two
+    plain matrix products and a softmax, in float64, the result in q's dtype.
+
+    Why not SDPA: here a query's output does not depend on the queries beside it, nor on
+    masked keys after its own (on this CPU; tests/test_bf16_exact.py). SDPA's CPU kernel
+    computes a row differently in a block of 1 or of 6. So a speculative pass of 1 + k
+    tokens computes each row as a one-token pass would, and in bf16 greedy speculative
+    text equals greedy AR (the linear layers already are batch-invariant on this CPU).
+    Why float64: a tree's row skips its siblings' keys, zeros in the middle of its sums
+    that shift how they group; float64 makes that difference far too small to survive
+    rounding to bf16 or float32. The products are tiny: a pass costs about 1.5 ms more than
+    with SDPA (bf16, 200 cached tokens, 1 to 6 new).
+
+    Query heads that share a key/value head (GQA: head h reads key head h // g) are
+    stacked as rows of one product: [B, Hkv, g * T, hd] @ [B, Hkv, hd, N]."""
+    B, H, T, hd = q.shape
+    kv_heads = k.shape[1]
+    g = H // kv_heads
+    rows = q.double().reshape(B, kv_heads, g * T, hd)
+    scores = (rows @ k.double().transpose(-1, -2)).view(B, kv_heads, g, T, -1) * hd ** -0.5
+    if mask is not None:  # [B or 1, 1, T, N] -> [B or 1, 1, 1, T, N]: the same for each head
+        mask = mask.unsqueeze(2)
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.double()
+    weights = scores.softmax(-1).view(B, kv_heads, g * T, -1)
+    return (weights @ v.double()).view(B, H, T, hd).to(q.dtype)
 
 
 class MLP(nn.Module):

@@ -67,5 +67,5 @@ def pack_weights(model: Llama) -> Llama:
         model.lm_head = PackedLinear(model.lm_head.weight)
     if model.adapter is not None:
         from adapter import stack_changes
-        stack_changes(model.adapter, model.dtype)
+        stack_changes(model.adapter)
     return model
