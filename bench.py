@@ -44,20 +44,21 @@ import torch
 from bench_latency import ar_loop_overhead, floors, forward_latency, latency_only, profile_sampling, tree_shape_here
 from bench_peers import load_peer, run_hf
 from bench_prompts import file_prompts, heldout_prompts, humaneval_prompts
-from bench_report import environment, environment_line, markdown, plot, plot_cost_curve, plot_learning_curve
+from bench_acceptance import acceptance
+from bench_report import (environment, environment_line, markdown, plot, plot_cost_curve, plot_learning_curve,
+                          progress)
 from checkpoint import write_json, write_text
 from compiled import StaticModel
 from decode import (generate_ar, generate_sdsat, load_or_exit, load_tokenizer_or_exit, read_config_or_exit,
                     resolve_sat_id)
 from decode_common import Stats, prefill
 from decode_fused import generate_fused
-from decode_lookup import generate_lookup, lookup_matches
+from decode_lookup import generate_lookup
 from decode_tree import (MAX_FED, TREE_DEPTH5, TREE_TABLE, Shape, build_tree, generate_sdsat_tree,
                          generate_tree, read_tree_table)
 from machine import now, pick_device, slow_bf16_warning
 from model import DEFAULT_MODEL, DTYPES, Llama
 from sampling import Warper
-from sat import adapter_forward, draft_ranks, rank_stats
 from tokenizer import Tokenizer
 
 OUT = "runs/bench"  # git-ignored: committed results change only with an explicit --out
@@ -201,15 +202,6 @@ def bench_dtype(model: Llama, prompts: dict, methods: list[Method], max_new: int
     return results
 
 
-def progress(text: str):
-    """One status line on stderr (a slow model takes minutes a prompt): rewritten in place on
-    a terminal, one line each in a log file."""
-    if sys.stderr.isatty():
-        print(f"\r  {text:<60}", end="" if text else "\r", file=sys.stderr, flush=True)
-    elif text:
-        print(f"  {text}", file=sys.stderr, flush=True)
-
-
 def compile_methods(model: Llama, static: StaticModel, prompt: list[int], methods: list[Method], sat_id,
                     stop_ids, tree, hf=None) -> dict:
     """Run each compiled method once, before anything is timed, so that every block width
@@ -265,81 +257,6 @@ def summarise(methods: list[Method], runs: dict) -> dict:
         }
     out["_repeated_4gram_fraction_ar"] = statistics.mean(rep)
     return out
-
-
-@torch.inference_mode()
-def acceptance(model_dirs: list[str], prompts: dict, k: int, max_new: int, sat_id: int | None, device,
-               label: str | None = None) -> list[dict]:
-    """--acceptance: mean accepted drafts per iteration of greedy two-step decoding, k SATs,
-    float32, per model and prompt set, and the share of iterations that accepted at least j
-    drafts. No timing: acceptance does not depend on the machine.
-    A row also gives the model's minutes of training, where its training.json says."""
-    rows = []
-    for path in model_dirs:
-        model = load_or_exit(path, device, torch.float32)
-        sat = model.args.sat_token_id if sat_id is None else sat_id
-        row = {"model": path, "k": k, "max_new_tokens": max_new} | ({"run": label} if label else {})
-        report = os.path.join(path, "training.json")
-        if os.path.isfile(report):
-            with open(report) as f:
-                r = json.load(f)
-            row["minutes"] = round(r["minutes"] if "minutes" in r else
-                                   (r.get("elapsed_before", 0) + r.get("elapsed", 0)) / 60, 2)
-        texts, all_ranks = [], []  # for the draft tree's table: every text, every anchor's ranks
-        for name, encoded in prompts.items():
-            counts, ranked = [], ([], [])  # accepted drafts of every iteration; SAT logits, the model's tokens
-            for i, ids in enumerate(encoded):
-                progress(f"{os.path.basename(path)} {name} {i + 1}/{len(encoded)}")
-                cache = model.new_cache(len(ids) + max_new + k + 1)
-                logits = prefill(model, cache, ids)
-                text, stats = generate_sdsat(model, cache, logits, max_new, Warper(), k, sat, model.args.stop_ids)
-                counts += stats.accepted
-                texts.append((ids + text, len(ids)))
-                for part, got in zip(ranked, sat_candidates(model, ids + text, len(ids), k, sat)):
-                    part.append(got)
-            row[name] = round(sum(counts) / max(1, len(counts)), 3)
-            # where drafts fail: the share of iterations that accepted at least j drafts, j = 1..k
-            row[f"{name}_at_least"] = [round(sum(c >= j for c in counts) / max(1, len(counts)), 3)
-                                       for j in range(1, k + 1)]
-            sat_logits, own = torch.cat(ranked[0]), torch.cat(ranked[1])
-            # what a draft tree can use: hit rates at ranks 1, 2, 4 per SAT; calibration; every anchor's ranks
-            row[f"{name}_ranks"] = rank_stats(sat_logits, own)
-            all_ranks += draft_ranks(sat_logits, own).tolist()
-        row["tree_table"] = {"k": k, "sat_ranks": all_ranks, "copy_holds": copy_holds(texts)}
-        progress("")
-        print(json.dumps({key: v for key, v in row.items() if key != "tree_table"}), flush=True)
-        rows.append(row)
-    return rows
-
-
-def copy_holds(texts: list[tuple[list[int], int]], max_copies: int = 3, max_len: int = 10) -> dict:
-    """How often copies hold, from the model's own greedy text (ids, prompt length): for c =
-    1..max_copies, holds[c][i] = the share of positions after the prompt where one of the
-    first c copies (lookup_matches) equals the next i + 1 tokens of the text. No model runs:
-    a copy holds exactly where it equals what the model wrote."""
-    hits, seen = {c: [0] * max_len for c in range(1, max_copies + 1)}, 0
-    for ids, start in texts:
-        for t in range(start - 1, len(ids) - 1):
-            copies, future = lookup_matches(ids[:t + 1], max_copies, max_len), ids[t + 1:t + 1 + max_len]
-            held = [next((i for i, (a, b) in enumerate(zip(cp, future)) if a != b), min(len(cp), len(future)))
-                    for cp in copies]
-            for c in hits:
-                best = max(held[:c], default=0)
-                for i in range(best):
-                    hits[c][i] += 1
-            seen += 1
-    return {str(c): [round(h / max(1, seen), 4) for h in v] for c, v in hits.items()}
-
-
-def sat_candidates(model: Llama, ids: list[int], prompt_len: int, k: int, sat_id: int):
-    """The SAT groups of a draft pass at every position of the model's own text after the
-    prompt, in one forward (the training layout, sat.adapter_forward): (SAT logits [A, k, V],
-    the model's own tokens [A, k]) for anchors p = prompt_len - 1 .. len(ids) - 2 - k. The
-    text is the model's greedy text, so each group sees what a draft pass there would."""
-    window = torch.tensor([ids + [0]], device=model.device)  # + one unread label slot
-    anchors = torch.arange(prompt_len - 1, len(ids) - k, device=model.device)[None]
-    logits, _, own_logits, _ = adapter_forward(model, window, anchors, k, sat_id)
-    return logits.view(-1, k, logits.shape[-1]).float(), own_logits.argmax(-1).view(-1, k)
 
 
 def main():

@@ -252,3 +252,12 @@ def plot_learning_curve(jsonl: str, path: str):
     fig.savefig(path, dpi=120)
     print(f"plot: {path}", file=sys.stderr)
     return fig
+
+
+def progress(text: str):
+    """One status line on stderr (a slow model takes minutes a prompt): rewritten in place on
+    a terminal, one line each in a log file."""
+    if sys.stderr.isatty():
+        print(f"\r  {text:<60}", end="" if text else "\r", file=sys.stderr, flush=True)
+    elif text:
+        print(f"  {text}", file=sys.stderr, flush=True)

@@ -330,14 +330,29 @@ def generate_tree(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: i
 
 
 def node_chances(table: dict, shape: Shape) -> tuple[dict, list[float]]:
-    """From measured acceptance (bench.py --acceptance): the chance the walk reaches each
+    """From measured acceptance (bench_acceptance.py): the chance the walk reaches each
     SAT path of the shape (the share of anchors whose ranks of the model's token among SAT
     1..k's candidates begin with that path), and copy_holds[i], the chance that one of
-    the shape's copies holds its first i + 1 tokens."""
+    the shape's copies holds its first i + 1 tokens (at any position of the text)."""
     rows = table.get("sat_ranks") or []
     sat_p = {path: sum(tuple(r[:len(path)]) == path for r in rows) / max(1, len(rows)) for path in shape.sat_paths}
     holds = table.get("copy_holds", {}).get(str(shape.copies), []) if shape.copies else []
     return sat_p, list(holds[:shape.copy_len])
+
+
+def copy_yield(table: dict, shape: Shape) -> tuple[float, float]:
+    """The copies' accepted tokens a pass, and the chance a pass accepts at least one: from
+    copy_walk (passes walked as decoding walks them) where the table has it, else from
+    copy_holds. copy_holds counts every position alike, the middle of a long repeat as
+    often as a pass could start there, so it promises more than decoding gets."""
+    if not shape.copies:
+        return 0.0, 0.0
+    walk = table.get("copy_walk", {}).get(str(shape.copies), [])
+    if len(walk) >= shape.copy_len:
+        gain, any_held = walk[shape.copy_len - 1]
+        return gain, any_held
+    holds = node_chances(table, shape)[1]
+    return sum(holds), holds[0] if holds else 0.0
 
 
 def expected_tokens(shape: Shape, table: dict) -> float:
@@ -345,8 +360,8 @@ def expected_tokens(shape: Shape, table: dict) -> float:
     state of a chain of two states: a pass has fresh SAT candidates (the last walk ended at
     a node with a group) or none. A copy's gain adds to the SATs' (optimistic where both
     propose the same token)."""
-    sat_p, holds = node_chances(table, shape)
-    copy_gain = sum(holds)
+    sat_p, _ = node_chances(table, shape)
+    copy_gain, copy_any = copy_yield(table, shape)
     if not shape.k or not shape.sat_paths:
         return 1 + copy_gain
     nodes, at = [Node(0, -1, 0, 1.0, "cur")], {(): 0}
@@ -355,7 +370,7 @@ def expected_tokens(shape: Shape, table: dict) -> float:
         at[path] = nodes[at[path[:-1]]].children[path] = len(nodes) - 1
     ends = [n.p - sum(nodes[c].p for c in n.children.values()) for n in nodes]
     a = sum(ends[i] for i in place_groups(nodes, shape.groups))  # P(fresh next | fresh now)
-    b = 1.0 - (holds[0] if holds else 0.0)  # P(fresh next | stale now): the walk ends at the root
+    b = 1.0 - copy_any  # P(fresh next | stale now): the walk ends at the root
     fresh = b / (1 - a + b) if 1 - a + b > 0 else 1.0
     return 1 + fresh * (sum(n.p for n in nodes[1:]) + copy_gain) + (1 - fresh) * copy_gain
 

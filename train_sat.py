@@ -55,7 +55,7 @@ from model import BASE_MODEL, CheckpointError, Llama, ModelArgs, init_weights
 from sat import adapter_loss, choose_anchors, describe, evaluate, evaluate_adapter, lm_loss, sat_loss
 from tokenizer import FILES as TOKENIZER_FILES
 from trainer import (TokenData, adapter_minutes, distributed, fmt_time, load_checkpoint, lr_at, make_optimizer,
-                     resolve_precision, save_checkpoint, take_snapshot)
+                     resolve_precision, save_checkpoint, snapshot_model, take_snapshot)
 
 
 @dataclass
@@ -463,10 +463,15 @@ def main():
             p.add_argument(flag, type=kind, default=f.default, choices=CHOICES.get(f.name), help=text)
     p.add_argument("--export", default=None, help="after training, save the model (bf16) here; in adapter mode "
                                                    "the adapter alone (default: no export)")
+    p.add_argument("--export-snapshot", default=None, help="instead of training, export this snapshot of the --out "
+                                                            "run to --export, with its reports (default: none)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default: %(default)s)")
     a = vars(p.parse_args())
     export_to, threads, device_name = a.pop("export"), a.pop("threads"), a.pop("device")
+    snapshot = a.pop("export_snapshot")
+    if snapshot and not export_to:
+        sys.exit("error: --export-snapshot needs --export, the directory to write")
     if threads is not None and threads < 1:
         sys.exit(f"error: --threads must be at least 1, got {threads}")
     if threads:
@@ -477,7 +482,7 @@ def main():
         print(f"fine-tuning the demo base model {BASE_MODEL} (--init to choose another)")
     rank, world, device = distributed(device_name)
     try:
-        model, state = train(cfg, device, rank, world)
+        model, state = snapshot_model(cfg, snapshot, device) if snapshot else train(cfg, device, rank, world)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
     if export_to and rank == 0:

@@ -224,3 +224,26 @@ def take_snapshot(model, state: dict, cfg, final: bool = False):
     path = os.path.join(cfg.out, "snapshots", f"min{minutes:07.2f}")
     save_adapter(model, path, cfg.init, torch.float32, {"step": state["step"], "minutes": minutes})
     last.append({"step": state["step"], "minutes": minutes, "path": path})
+
+
+def snapshot_model(cfg, path: str, device):
+    """--export-snapshot: the base with a snapshot's adapter on it, and the run's report as
+    it stood at that snapshot (the run's checkpoint, its log cut at the snapshot's step),
+    so that train_sat.export writes it as the run's end would have."""
+    from checkpoint import load_adapter, load_model
+    ckpt = os.path.join(cfg.out, "checkpoint.safetensors")
+    if not (os.path.isfile(ckpt) and os.path.isfile(os.path.join(path, "training.json"))):
+        raise SystemExit(f"error: --export-snapshot {path} is not a snapshot of the run in --out {cfg.out}")
+    with safe_open(ckpt, framework="pt") as f:
+        state = json.loads(f.metadata()["state"])
+    with open(os.path.join(path, "training.json")) as f:
+        at = json.load(f)
+    if at["step"] > state["step"]:
+        raise SystemExit(f"error: --export-snapshot {path} is from step {at['step']}, after the run's checkpoint "
+                         f"(step {state['step']}): its report is gone")
+    state["log"] = [row for row in state.get("log", []) if row["step"] <= at["step"]]
+    state["snapshots"] = [s for s in state.get("snapshots", []) if s["step"] <= at["step"]]
+    state.update(step=at["step"], elapsed=at["minutes"] * 60 - state.get("elapsed_before", 0.0), exported_from=path)
+    model = load_model(cfg.init, device=device)
+    load_adapter(model, path, cfg.init)
+    return model, state

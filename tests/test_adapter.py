@@ -144,14 +144,28 @@ def test_adapter_training_learns_and_exports(tmp_path, bf16):
     tokens = torch.tensor([[1, 2, 3, 49, 49, 49]])
     with torch.no_grad():  # the export holds the adapter in bf16, the trained model in float32
         torch.testing.assert_close(loaded(tokens), model.eval()(tokens), atol=0.05, rtol=0.05)
-    # a second phase from the export (--init-adapter) keeps both phases' reports
-    cfg2 = train_sat.TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "run2"), "steps": 2,
-                                    "init_adapter": str(tmp_path / "adapter")})
+    # a second phase from the export (--init-adapter), its rank grown to 6, keeps both phases' reports
+    cfg2 = train_sat.TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "run2"), "steps": 2, "rank": 6,
+                                    "init_adapter": str(tmp_path / "adapter"), "snapshot_minutes": 60.0})
     model2, state2 = train_sat.train(cfg2)
+    assert model2.adapter.rank == 6
     train_sat.export(model2, state2, cfg2, str(tmp_path / "adapter2"))
     report = json.loads((tmp_path / "adapter2" / "training.json").read_text())
     assert [p["config"]["init_adapter"] for p in report["phases"]] == [None, str(tmp_path / "adapter")]
     assert [p["step"] for p in report["phases"]] == [30, 2]
+    # and its last snapshot, exported on its own (--export-snapshot), is the same adapter with the same reports
+    snapshot = state2["snapshots"][-1]["path"]
+    model3, state3 = train_sat.snapshot_model(cfg2, snapshot, "cpu")
+    train_sat.export(model3, state3, cfg2, str(tmp_path / "adapter3"))
+    again = json.loads((tmp_path / "adapter3" / "training.json").read_text())
+    assert [p["step"] for p in again["phases"]] == [30, 2] and again["exported_from"] == snapshot
+    for (n, p), (m, q) in zip(load_model(str(tmp_path / "adapter3")).adapter.named_parameters(),
+                              load_model(str(tmp_path / "adapter2")).adapter.named_parameters()):
+        assert n == m and torch.equal(p, q)
+    (tmp_path / "later").mkdir()
+    (tmp_path / "later" / "training.json").write_text(json.dumps({"step": 99, "minutes": 1.0}))
+    with pytest.raises(SystemExit, match="from step 99, after the run's checkpoint"):
+        train_sat.snapshot_model(cfg2, str(tmp_path / "later"), "cpu")
 
 
 @pytest.mark.quick

@@ -159,6 +159,20 @@ def test_what_the_adapter_adds_to_a_pass_is_part_of_the_choice():
     assert choose_shape(flat, TABLE, sat_latency=flat) == choose_shape(flat, TABLE)
 
 
+def test_a_walk_of_copies_counts_passes_as_decoding_makes_them():
+    """prompt 5 6 7, then the model wrote 5 6 7 5 6 8. One copy of at most 2 tokens, by hand:
+    pass 1 after '7': no earlier 7, nothing copied (0 accepted); pass 2 after '5': the copy
+    '6 7' (after the first 5) holds both; pass 3 after '7 5': '6 7' again, only '6' holds,
+    and the model's 8 ends the text. 3 accepted in 3 passes, 2 of 3 passes accepted one.
+    The chooser then takes the walk's numbers, not copy_holds'."""
+    from bench_acceptance import copy_walk
+    walk = copy_walk([([5, 6, 7, 5, 6, 7, 5, 6, 8], 3)], max_copies=1, max_len=2)
+    assert walk["1"][1] == [1.0, 0.6667]
+    walked = dict(TABLE, copy_walk={"1": [[0.5, 0.5], [1.0, 0.6667]]})
+    assert expected_tokens(Shape(copies=1, copy_len=2), walked) == pytest.approx(2.0)
+    assert expected_tokens(Shape(copies=1, copy_len=2), TABLE) == pytest.approx(1 + 0.4 + 0.3)
+
+
 def test_likeliest_paths_are_closed_under_prefixes_and_the_spec_parses():
     assert likeliest_paths(TABLE, 2, 3) == ((0,), (1,), (0, 0))  # 50 and 20 anchors, then 30
     assert parse_shape("k=2,nodes=3,groups=2,copies=1", TABLE) == Shape(((0,), (1,), (0, 0)), 2, 2, 1, 10)
