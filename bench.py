@@ -296,9 +296,10 @@ def main():
     p.add_argument("--no-pack", action="store_true",
                    help="keep the weights as loaded: on a CPU they are otherwise pre-packed for oneDNN's matrix "
                         "products (packing.pack_weights), except with --compile")
-    p.add_argument("--quantize", choices=["int8"], default=None,
-                   help="int8: weight-only int8 with per-channel scales (quantize.py), at load; with "
-                        "--latency-only an int8 curve beside the bf16/fp32 ones (default: none)")
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="int8: weight-only int8 with per-channel scales; int4: 4 bits, a scale and a minimum per "
+                        "32 weights (quantize.py), at load; with --latency-only (int8 only) an int8 curve beside "
+                        "the bf16/fp32 ones (default: none)")
     p.add_argument("--tree-table", default=None,
                    help="the drafts' measured acceptance that the draft tree's shape is chosen from (default: the "
                         "model directory's tree_table.json; --acceptance writes OUT/tree_table.json)")
@@ -333,6 +334,8 @@ def main():
     a = p.parse_args()
     if min(a.sizes) < 1 or a.reps < 1 or a.prefix < 1:
         raise SystemExit("error: --sizes, --reps and --prefix must be positive")
+    if a.latency_only and a.quantize == "int4":
+        raise SystemExit("error: --latency-only times int8 beside the float curves; int4 only in the decoding runs")
     for flag, value in (("--n-prompts", a.n_prompts), ("--max-new-tokens", a.max_new_tokens),
                         ("--prompt-tokens", a.prompt_tokens), ("--threads", a.threads)):
         if value is not None and value < 1:

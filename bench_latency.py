@@ -29,7 +29,6 @@ from decode import generate_ar, load_or_exit
 from machine import gemm_peak, memory_bandwidth, now, slow_bf16_warning
 from model import DTYPES, KVCache, Llama
 from packing import can_pack, pack_weights
-from quantize import quantize_int8
 from sampling import Warper
 
 
@@ -207,10 +206,12 @@ def latency_only(a, device: torch.device):
         res["forward_latency_s"] = forward_latency(model, sizes, a.prefix, a.reps)
         if model.adapter is not None:  # what the SATs' adapter adds to a draft pass of k = 5
             res["draft_pass_s"] = draft_pass_cost(model, 5, a.prefix, a.reps)
-        if a.quantize == "int8":  # and weight-only int8, with its own floor (half the weights' bytes)
-            quantize_int8(model)
-            res["int8_latency_s"] = forward_latency(model, sizes, a.prefix, a.reps)
-            res["int8_floor"] = floors(model, sizes, a.prefix)
+        if a.quantize == "int8":  # and weight-only int8, with its own floor (half the weights' bytes): a
+            # fresh copy, since quantize_int8 swaps nn.Linear layers and packing has replaced them
+            int8 = load_or_exit(a.model, device, DTYPES[dtype], quantize="int8")
+            res["int8_latency_s"] = forward_latency(int8, sizes, a.prefix, a.reps)
+            res["int8_floor"] = floors(int8, sizes, a.prefix)
+            del int8
         if a.compile:
             static = StaticModel(model, a.prefix + max(sizes), autotune=a.autotune)
             res["compile_s"] = static.warm_up(sizes)

@@ -44,7 +44,7 @@ from decode_tree import (MAX_FED, TREE_DEPTH5, TREE_TABLE, build_tree, generate_
 from machine import pick_device, slow_bf16_warning
 from model import DEFAULT_MODEL, DTYPES, CheckpointError, KVCache, Llama, ModelArgs
 from packing import pack_weights
-from quantize import quantize_int8
+from quantize import QUANTIZERS
 from sampling import Warper
 from trace_html import check_path, command_line, page_data, write_page
 from trace_view import trace_kind, trace_printer
@@ -114,14 +114,20 @@ def generate_ar(model: Llama, cache: KVCache, logits: torch.Tensor, max_new: int
 
 
 def load_or_exit(path: str, device, dtype, pack: bool = False, quantize: str | None = None) -> Llama:
-    """The model, or one line saying why not. quantize "int8": weight-only int8 (quantize.py);
+    """The model, or one line saying why not. quantize "int8" or "int4": weight-only (quantize.py);
     pack: pre-pack the float weights (model.pack_weights: on a CPU, the same text, faster)."""
     try:
         model = load_model(path, device=device, dtype=dtype)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}")
-    if quantize == "int8" and not model.args.extra.get("quantization"):
-        quantize_int8(model)
+    if quantize and model.args.extra.get("quantization"):
+        if quantize != "int8":
+            raise SystemExit(f"error: {path} is an int8 checkpoint already; --quantize {quantize} needs a float one")
+    elif quantize:
+        try:
+            QUANTIZERS[quantize](model)
+        except ValueError as e:
+            raise SystemExit(f"error: --quantize {quantize}: {e}")
     return pack_weights(model) if pack else model
 
 
@@ -283,8 +289,9 @@ def main():
     p.add_argument("--no-pack", action="store_true",
                    help="keep the weights as loaded: on a CPU they are otherwise pre-packed for oneDNN's matrix "
                         "products (packing.pack_weights; the same text, faster; not with --compile)")
-    p.add_argument("--quantize", choices=["int8"], default=None,
-                   help="int8: weight-only int8 with per-channel scales (quantize.py), at load (default: none)")
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="int8: weight-only int8 with per-channel scales; int4: 4 bits, a scale and a minimum per "
+                        "32 weights (quantize.py), at load (default: none)")
     a = p.parse_args()
     try:
         warper = Warper(a.temperature, a.top_k, a.top_p)

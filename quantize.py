@@ -80,6 +80,73 @@ def quantize_int8(model):
     return model
 
 
+GROUP = 32  # int4: weights per scale and zero (llama.cpp's Q4_1 blocks are 32 too)
+
+
+def quantize_groups(weight: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """W [N, K] -> (Q [N, K] int32 in 0..15, scales [N, K / group], mins [N, K / group]),
+    float32, with W ~ Q * scale + min in each group of `group` weights along a row: the
+    group's range cut into 15 steps, so no value moves by more than scale / 2 (tested)."""
+    w = weight.detach().float()
+    n, k = w.shape
+    if k % group:
+        raise ValueError(f"int4 needs rows of a multiple of {group} weights, not {k}")
+    g = w.view(n, k // group, group)
+    low = g.amin(-1)
+    scale = ((g.amax(-1) - low) / 15).clamp(min=1e-12)
+    q = torch.round((g - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32)
+    return q.view(n, k), scale, low
+
+
+class Int4Linear(nn.Module):
+    """Weight-only int4 at load (not saved: quantize.py writes int8 checkpoints only): 4-bit
+    values, one scale and one minimum per group of 32 weights along a row. On a CPU the
+    product runs torch's int4 kernel (for row counts a multiple of 16) (torch.ops.aten._weight_int4pack_mm_for_cpu, which
+    reads W as (Q - 8) * scale + zero, so zero = min + 8 scale); elsewhere (CUDA) the
+    weight is dequantized to the activations' dtype for F.linear. A quarter of bf16's bytes.
+    SmolLM2's weights come from a Q4_1 GGUF file (4 bits, groups of 32, a scale and a
+    minimum each): int4 stores them nearly as they were."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        q, scale, low = quantize_groups(weight)
+        self.out_features, self.in_features, self.dtype = weight.shape[0], weight.shape[1], weight.dtype
+        if weight.device.type == "cpu" and weight.shape[0] % 16 == 0:  # the kernel's blocks: 16 rows
+            self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2)
+            zero = low + 8 * scale
+            self.scale_zero = torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(weight.dtype)
+        else:
+            self.q, self.scale, self.low = q.to(torch.uint8), scale, low
+
+    def forward(self, x):
+        if hasattr(self, "packed"):
+            flat = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, x.shape[-1]), self.packed, GROUP,
+                                                              self.scale_zero.to(x.dtype))
+            return flat.view(*x.shape[:-1], -1)
+        return F.linear(x, dequantize_groups(self.q, self.scale, self.low).to(x.dtype))
+
+
+def dequantize_groups(q: torch.Tensor, scale: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """quantize_groups' inverse: Q * scale + min, [N, K] float32."""
+    n, k = q.shape
+    return (q.view(n, k // GROUP, GROUP).float() * scale[..., None] + low[..., None]).view(n, k)
+
+
+def quantize_int4(model):
+    """Swap every linear layer of the base (the blocks and the head) for an Int4Linear of
+    its weight, in place, at load; a SAT adapter stays in its float dtype."""
+    for block in model.layers:
+        for module in (block.self_attn, block.mlp):
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(module, name, Int4Linear(child.weight))
+    model.lm_head = Int4Linear(model.lm_head.weight)
+    return model
+
+
+QUANTIZERS = {"int8": quantize_int8, "int4": quantize_int4}  # decode.py and bench.py --quantize
+
+
 def int8_shells(model):
     """The quantized layout with empty values (for checkpoint.load_model to fill)."""
     for block in model.layers:

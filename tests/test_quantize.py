@@ -1,4 +1,5 @@
-"""quantize.py: weight-only int8 with per-channel scales, in memory and on disk.
+"""quantize.py: weight-only int8 with per-channel scales, in memory and on disk; int4 with
+a scale and a minimum per group of 32 weights, in memory.
 
 Anchors: the round trip moves no weight by more than half its row's scale; the int8
 product equals the product with the dequantized weight; greedy speculative decoding of an
@@ -15,7 +16,7 @@ import torch
 
 from checkpoint import load_model, save_model
 from model import CheckpointError
-from quantize import Int8Linear, quantize_int8, quantize_rows
+from quantize import GROUP, Int4Linear, Int8Linear, dequantize_groups, quantize_groups, quantize_int4, quantize_int8, quantize_rows
 from test_decode import PROMPT, REPEATING, run, tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,3 +71,43 @@ def test_the_checkpoint_loads_to_the_same_logits_and_a_damaged_one_is_one_line(t
                            "--dtype", "float32"], capture_output=True, text=True)  # needs no tokenizer
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("error: ") and "model.safetensors" in proc.stderr
+
+
+@pytest.mark.quick
+def test_int4_round_trip_is_within_half_a_step_per_group():
+    w = torch.randn(16, 4 * GROUP, generator=torch.Generator().manual_seed(4)) * torch.logspace(-3, 1, 16)[:, None]
+    q, scale, low = quantize_groups(w)
+    assert q.min() == 0 and q.max() == 15 and scale.shape == low.shape == (16, 4)
+    groups = q.view(16, 4, GROUP)
+    assert (groups.amin(-1) == 0).all() and (groups.amax(-1) == 15).all()  # each group spans the range
+    error = (dequantize_groups(q, scale, low) - w).abs().view(16, 4, GROUP)
+    assert (error <= scale[..., None] / 2 + 1e-6 * w.abs().view(16, 4, GROUP)).all()
+    assert error.amax() > 0
+
+
+@pytest.mark.parametrize("rows", [48, 40])  # a multiple of 16 takes torch's int4 kernel on a CPU; 40 does not
+def test_int4_product_is_the_dequantized_product(rows, device):
+    weight = torch.randn(rows, 2 * GROUP, generator=torch.Generator().manual_seed(5)).to(device)
+    layer = Int4Linear(weight)
+    x = torch.randn(2, 5, 2 * GROUP, generator=torch.Generator().manual_seed(6)).to(device)
+    dequantized = dequantize_groups(*quantize_groups(weight))
+    assert hasattr(layer, "packed") == (torch.device(device).type == "cpu" and rows % 16 == 0)
+    torch.testing.assert_close(layer(x), x @ dequantized.T, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["sdsat", "tree", "lookup"])
+def test_greedy_speculative_decoding_of_an_int4_model_equals_its_ar(method, device):
+    model = quantize_int4(tiny_model(seed=3, dim=64, vocab=64, device=device))
+    assert sum(isinstance(m, Int4Linear) for m in model.modules()) == 7 * model.args.num_hidden_layers + 1
+    for prompt in (PROMPT, REPEATING):
+        want, _, _ = run(model, prompt, "ar", 40)
+        got, stats, _ = run(model, prompt, method, 40, k=3)
+        assert got == want and stats.forwards < 40
+
+
+def test_int4_of_rows_not_a_multiple_of_its_group_is_one_line(tmp_path):
+    from decode import load_or_exit
+    save_model(tiny_model(seed=3, dim=48), str(tmp_path / "m"))  # rows of 48 weights: not groups of 32
+    with pytest.raises(SystemExit) as e:
+        load_or_exit(str(tmp_path / "m"), "cpu", torch.float32, quantize="int4")
+    assert str(e.value) == "error: --quantize int4: int4 needs rows of a multiple of 32 weights, not 48"
