@@ -105,7 +105,7 @@ def forward_work(model: Llama, T: int, prefix: int) -> tuple[float, float]:
     a, item = model.args, model.dtype.itemsize
     stored = [t for n, t in list(model.named_parameters()) + list(model.named_buffers()) if not n.startswith("adapter.")]
     embed = model.embed_tokens.weight
-    tied = model.lm_head.weight is embed  # the head multiplies the embedding itself (not an int8 copy)
+    tied = getattr(model.lm_head, "weight", None) is embed  # the head multiplies the embedding itself (not an int8 copy)
     read = sum(t.numel() * t.element_size() for t in stored)  # every weight once (int8: a byte each) ...
     matmul = sum(t.numel() for t in stored if t.dim() == 2)  # ... and every matrix multiplies ...
     if not tied:  # ... but a lookup table: T rows of it are read, none multiplies

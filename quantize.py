@@ -112,11 +112,13 @@ class Int4Linear(nn.Module):
         q, scale, low = quantize_groups(weight)
         self.out_features, self.in_features, self.dtype = weight.shape[0], weight.shape[1], weight.dtype
         if weight.device.type == "cpu" and weight.shape[0] % 16 == 0:  # the kernel's blocks: 16 rows
-            self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2)
-            zero = low + 8 * scale
-            self.scale_zero = torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(weight.dtype)
+            zero = low + 8 * scale  # buffers not saved (persistent=False), counted by bench_latency's floor
+            self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2), persistent=False)
+            self.register_buffer("scale_zero", torch.stack([scale, zero], -1).transpose(0, 1).contiguous()
+                                 .to(weight.dtype), persistent=False)
         else:
-            self.q, self.scale, self.low = q.to(torch.uint8), scale, low
+            for name, value in (("q", q.to(torch.uint8)), ("scale", scale), ("low", low)):
+                self.register_buffer(name, value, persistent=False)
 
     def forward(self, x):
         if hasattr(self, "packed"):
