@@ -67,15 +67,21 @@ class Int8Linear(nn.Module):
         return F.linear(x, self.weight.to(x.dtype)) * scale
 
 
-def quantize_int8(model):
-    """Swap every linear layer of the base (the blocks and the head) for an Int8Linear of
-    its weight, in place; a SAT adapter stays in its float dtype. Returns the model."""
+def swap_linears(model, make):
+    """Replace every nn.Linear of the base's blocks, and the head, by make(weight), in place."""
     for block in model.layers:
         for module in (block.self_attn, block.mlp):
             for name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):
-                    setattr(module, name, Int8Linear.from_float(child.weight))
-    model.lm_head = Int8Linear.from_float(model.lm_head.weight)  # a tied head gets its own int8 copy
+                    setattr(module, name, make(child.weight))
+    model.lm_head = make(model.lm_head.weight)  # a tied head gets its own quantized copy
+    return model
+
+
+def quantize_int8(model):
+    """Swap every linear layer of the base (the blocks and the head) for an Int8Linear of
+    its weight, in place; a SAT adapter stays in its float dtype. Returns the model."""
+    swap_linears(model, Int8Linear.from_float)
     model.args.extra["quantization"] = QUANTIZATION
     return model
 
@@ -101,16 +107,16 @@ def quantize_groups(weight: torch.Tensor, group: int = GROUP) -> tuple[torch.Ten
 class Int4Linear(nn.Module):
     """Weight-only int4 at load (not saved: quantize.py writes int8 checkpoints only): 4-bit
     values, one scale and one minimum per group of 32 weights along a row. On a CPU the
-    product runs torch's int4 kernel (for row counts a multiple of 16) (torch.ops.aten._weight_int4pack_mm_for_cpu, which
-    reads W as (Q - 8) * scale + zero, so zero = min + 8 scale); elsewhere (CUDA) the
-    weight is dequantized to the activations' dtype for F.linear. A quarter of bf16's bytes.
+    product runs torch's int4 kernel, torch.ops.aten._weight_int4pack_mm_for_cpu (row counts
+    a multiple of 16), which reads W as (Q - 8) * scale + zero, so zero = min + 8 scale.
+    Elsewhere (CUDA, other row counts) each call dequantizes the weight to the activations'
+    dtype for F.linear: correct, not fast. A quarter of bf16's bytes.
     SmolLM2's weights come from a Q4_1 GGUF file (4 bits, groups of 32, a scale and a
     minimum each): int4 stores them nearly as they were."""
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()
         q, scale, low = quantize_groups(weight)
-        self.out_features, self.in_features, self.dtype = weight.shape[0], weight.shape[1], weight.dtype
         if weight.device.type == "cpu" and weight.shape[0] % 16 == 0:  # the kernel's blocks: 16 rows
             zero = low + 8 * scale  # buffers not saved (persistent=False), counted by bench_latency's floor
             self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2), persistent=False)
@@ -137,13 +143,7 @@ def dequantize_groups(q: torch.Tensor, scale: torch.Tensor, low: torch.Tensor) -
 def quantize_int4(model):
     """Swap every linear layer of the base (the blocks and the head) for an Int4Linear of
     its weight, in place, at load; a SAT adapter stays in its float dtype."""
-    for block in model.layers:
-        for module in (block.self_attn, block.mlp):
-            for name, child in list(module.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(module, name, Int4Linear(child.weight))
-    model.lm_head = Int4Linear(model.lm_head.weight)
-    return model
+    return swap_linears(model, Int4Linear)
 
 
 QUANTIZERS = {"int8": quantize_int8, "int4": quantize_int4}  # decode.py and bench.py --quantize
@@ -151,13 +151,7 @@ QUANTIZERS = {"int8": quantize_int8, "int4": quantize_int4}  # decode.py and ben
 
 def int8_shells(model):
     """The quantized layout with empty values (for checkpoint.load_model to fill)."""
-    for block in model.layers:
-        for module in (block.self_attn, block.mlp):
-            for name, child in list(module.named_children()):
-                setattr(module, name, Int8Linear(child.out_features, child.in_features, child.weight.device))
-    head = model.lm_head
-    model.lm_head = Int8Linear(head.out_features, head.in_features, head.weight.device)
-    return model
+    return swap_linears(model, lambda weight: Int8Linear(*weight.shape, device=weight.device))
 
 
 def main():
